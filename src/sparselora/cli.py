@@ -1,0 +1,144 @@
+"""The `sparselora` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Sparse fine-tuning of transformers, measured honestly.", no_args_is_help=True)
+console = Console()
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set lora_r=16 (repeatable)."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Folder with local dataset copies (default: $SPARSELORA_DATA_DIR or ../shared/data)."
+    ),
+]
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _metrics_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def print_run_summary(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [(k, f"{v:.4f}") for k, v in metrics["task_metrics"].items()]
+    params, train, inference, memory = metrics["params"], metrics["train"], metrics["inference"], metrics["memory"]
+    rows += [
+        ("trainable params", f"{params['trainable']:,} ({params['trainable_pct']:.2f}%)"),
+        ("train steps", f"{train['steps']:,}"),
+        ("median ms/step", f"{train['median_step_ms']:.1f}"),
+        ("train wall time (s)", f"{train['wall_time_s']:.1f}"),
+        (f"peak memory MB ({memory['kind']})", f"{memory['peak_mb']:,.0f}"),
+        ("inference ms/batch (median)", f"{inference['median_batch_latency_ms']:.1f}"),
+    ]
+    console.print(_metrics_table(f"{metrics['run']['name']} → {run_dir}", rows))
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (omit to use the defaults).")] = None,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Parent folder of run folders (default runs/).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run folder of the same name.")] = False,
+) -> None:
+    """Train one (model, task, method) run and write runs/<name>/."""
+    from sparselora.config import load_config
+    from sparselora.train import train as run_training
+
+    overrides = list(set_ or [])
+    overrides += [f"data_dir={data_dir}"] if data_dir else []
+    overrides += [f"output_dir={output_dir}"] if output_dir else []
+    try:
+        run_config = load_config(config, overrides)
+        run_dir = run_training(run_config, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    if run_dir is not None:
+        print_run_summary(run_dir)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `sparselora train`.")],
+    data_dir: DataDirOption = None,
+    tolerance: Annotated[float, typer.Option(help="Exit with code 1 if a metric differs by more than this.")] = 1e-4,
+) -> None:
+    """Reload a run's adapter onto its base model and reproduce its validation metrics."""
+    from sparselora.run_eval import evaluate_run
+
+    try:
+        recorded, measured = evaluate_run(run_dir, {"data_dir": str(data_dir)} if data_dir else None)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    table = Table(title=f"re-evaluation of {run_dir}")
+    for column in ("metric", "recorded", "now", "difference"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    worst = 0.0
+    for key, now in measured.items():
+        before = recorded.get(key)
+        diff = abs(now - before) if before is not None else float("nan")
+        worst = max(worst, diff) if before is not None else worst
+        table.add_row(key, f"{before:.6f}" if before is not None else "-", f"{now:.6f}", f"{diff:.2e}")
+    console.print(table)
+    if worst > tolerance:
+        console.print(f"[bold red]metrics differ by up to {worst:.2e} (> {tolerance:g})[/]")
+        raise typer.Exit(code=1)
+    console.print(f"reproduced: every metric within {tolerance:g}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered fine-tuning methods."""
+    from sparselora.methods import get_method, method_names
+
+    for name in method_names():
+        console.print(f"{name:12s} {get_method(name).summary}")
+
+
+@app.command()
+def tasks() -> None:
+    """List the available tasks."""
+    from sparselora.data import get_task, task_names
+
+    for name in task_names():
+        spec = get_task(name)
+        console.print(f"{name:10s} {spec.kind:18s} {spec.dataset_id}")
+
+
+@app.command("config-keys")
+def config_keys() -> None:
+    """Every config key with its default and meaning."""
+    from sparselora.config import describe_keys
+
+    console.print(describe_keys(), highlight=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

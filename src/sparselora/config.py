@@ -1,0 +1,184 @@
+"""YAML → a validated run config.
+
+One flat namespace, as in the seeds (`lora_r`, `learning_rate`, `svd_rank` side by side):
+shared keys are fields of :class:`RunConfig`; each method adds its own keys through its
+options model in the method registry. Every key is documented once, in its ``Field``.
+Errors name the key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sparselora.methods.registry import MethodOptions, get_method, method_names
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and the fix."""
+
+
+class RunConfig(BaseModel):
+    """Everything one training run needs. Method-specific keys live in ``method_options``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str | None = Field(
+        None, description="Run folder name under output_dir; default <task>_<model>_<method>_s<seed>."
+    )
+    model: str = Field("minilm", description="Alias (minilm, smollm2), local folder or Hub id.")
+    task: str = Field("sst2", description="sst2, imdb, mrpc, wikitext2, gsm8k, or csv/tsv/jsonl for your own files.")
+    method: str = Field("lora", description="A registered method name (see `sparselora methods`).")
+    seed: int = Field(0, description="Seeds model init, dropout and data order.")
+    output_dir: Path = Field(Path("runs"), description="Parent folder of run folders.")
+
+    # data
+    data_dir: Path | None = Field(
+        None, description="Folder with local copies of the datasets; default $SPARSELORA_DATA_DIR or ../shared/data."
+    )
+    max_length: int = Field(
+        128, gt=0, description="Truncate (classification) or block size (language modelling), in tokens."
+    )
+    max_train_samples: int | None = Field(None, gt=0, description="Use only the first N training examples.")
+    max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N evaluation examples.")
+    train_file: Path | None = Field(None, description="csv/tsv/jsonl task: training file.")
+    eval_file: Path | None = Field(None, description="csv/tsv/jsonl task: evaluation file.")
+    text_column: str = Field("text", description="csv/tsv/jsonl task: column with the input text.")
+    text_pair_column: str | None = Field(
+        None, description="csv/tsv/jsonl task: optional second text column (sentence pairs)."
+    )
+    label_column: str = Field("label", description="csv/tsv/jsonl task: column with the label.")
+
+    # optimisation
+    epochs: float = Field(1.0, gt=0, description="Training epochs (fractions allowed).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = Field(32, gt=0, description="Training batch size per device.")
+    eval_batch_size: int = Field(64, gt=0, description="Evaluation batch size.")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the learning rate.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a fraction of total steps (used when warmup_steps is 0)."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+
+    # measurement and output
+    logging_steps: int = Field(10, gt=0, description="Write a train_log.jsonl line every N steps.")
+    timing_warmup_steps: int = Field(5, ge=0, description="Steps excluded from the median ms/step.")
+    max_new_tokens: int = Field(256, gt=0, description="gsm8k: generation length at evaluation.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    method_options: MethodOptions = Field(default_factory=MethodOptions, exclude=True)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        get_method(value)
+        return value
+
+    @property
+    def run_name(self) -> str:
+        model_tag = Path(self.model).name if Path(self.model).is_dir() else self.model.replace("/", "-")
+        return self.name or f"{self.task}_{model_tag}_{self.method}_s{self.seed}"
+
+    def option(self, key: str) -> Any:
+        return getattr(self.method_options, key)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The fully resolved config, in the same flat form a user writes."""
+        flat = self.model_dump(mode="json")
+        flat.update(self.method_options.model_dump(mode="json"))
+        return flat
+
+
+def _closest(key: str, allowed: list[str]) -> str:
+    match = difflib.get_close_matches(key, allowed, n=1)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _owner_hint(key: str) -> str:
+    owners = [name for name in method_names() if key in get_method(name).options.model_fields]
+    return f" (a key of method {', '.join(owners)})" if owners else ""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for issue in err.errors():
+        key = ".".join(str(p) for p in issue["loc"]) or "(config)"
+        given = issue.get("input")
+        lines.append(f"  {key}: {issue['msg']} (got {given!r})")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], source: str = "") -> RunConfig:
+    """Validate a flat dict: shared keys → RunConfig, the rest → the method's options."""
+    method_name = raw.get("method", RunConfig.model_fields["method"].default)
+    try:
+        spec = get_method(method_name)
+    except KeyError as err:
+        raise ConfigError(f"config key 'method': {err.args[0]}") from None
+    shared_keys = set(RunConfig.model_fields) - {"method_options"}
+    option_keys = set(spec.options.model_fields)
+    unknown = sorted(set(raw) - shared_keys - option_keys)
+    if unknown:
+        allowed = sorted(shared_keys | option_keys)
+        details = "; ".join(f"'{k}'{_owner_hint(k) or _closest(k, allowed)}" for k in unknown)
+        raise ConfigError(
+            f"unknown config key(s) {source}for method '{method_name}': {details}. Allowed keys: {', '.join(allowed)}."
+        )
+    try:
+        options = spec.options(**{k: v for k, v in raw.items() if k in option_keys})
+        return RunConfig(**{k: v for k, v in raw.items() if k in shared_keys}, method_options=options)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lora_r=16", "target_modules=[query,value]"]`` → typed values (YAML parsing)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return overrides
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: '{path.resolve()}'")
+        source = f"in '{path}' "
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"'{path}' is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"'{path}' must hold a mapping of config keys, got {type(loaded).__name__}")
+        raw = loaded or {}
+    raw.update(parse_overrides(overrides or []))
+    return build_config(raw, source)
+
+
+def describe_keys() -> str:
+    """Every shared key with its description, then each method's keys: the config reference."""
+    lines = ["Shared keys:"]
+    for key, field in RunConfig.model_fields.items():
+        if key != "method_options":
+            lines.append(f"  {key} (default {field.default!r}): {field.description or ''}")
+    for name in method_names():
+        options = get_method(name).options.model_fields
+        if options:
+            lines.append(f"Method '{name}':")
+            lines += [f"  {k} (default {f.default!r}): {f.description or ''}" for k, f in options.items()]
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Tokenisation per task kind, and the collators that pad each batch dynamically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+from datasets import Dataset
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    default_data_collator,
+)
+
+from sparselora.data.registry import TaskKind, first_n
+
+# Evaluation masks must not change between `train` and `eval`: fixed seed for the MLM eval collator.
+MLM_EVAL_SEED = 1234
+
+
+@dataclass
+class Prepared:
+    """Tokenised splits and the collators to batch them."""
+
+    train: Dataset
+    eval: Dataset
+    train_collator: Any
+    eval_collator: Any
+    # generation tasks keep prompts and reference answers for exact-match evaluation
+    eval_prompts: list[str] | None = None
+    eval_answers: list[str | None] | None = None
+
+
+def _classification(ds: Dataset, tokenizer, max_length: int) -> Dataset:
+    has_pair = "text_pair" in ds.column_names
+
+    def encode(batch):
+        pair = batch["text_pair"] if has_pair else None
+        return tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+
+    return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "label"]).rename_column(
+        "label", "labels"
+    )
+
+
+def _blocks(ds: Dataset, tokenizer, block_size: int) -> Dataset:
+    """Concatenate all tokens and cut fixed-size blocks (the standard LM recipe, run_clm)."""
+
+    def encode(batch):
+        return tokenizer(batch["text"], add_special_tokens=False)
+
+    def group(batch):
+        ids = list(chain.from_iterable(batch["input_ids"]))
+        usable = (len(ids) // block_size) * block_size
+        blocks = [ids[i : i + block_size] for i in range(0, usable, block_size)]
+        return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks]}
+
+    tokens = ds.map(encode, batched=True, remove_columns=ds.column_names)
+    return tokens.map(group, batched=True, batch_size=2000, remove_columns=tokens.column_names)
+
+
+def _sft(ds: Dataset, tokenizer, max_length: int) -> Dataset:
+    """Prompt + target; the loss sees only target tokens (prompt labels are -100)."""
+
+    def encode(row):
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        target = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (prompt + target)[:max_length]
+        labels = ([-100] * len(prompt) + target)[:max_length]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    return ds.map(encode, remove_columns=ds.column_names)
+
+
+def prepare(
+    kind: TaskKind,
+    train: Dataset,
+    evaluation: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    causal: bool,
+    max_length: int,
+    max_train_samples: int | None,
+    max_eval_samples: int | None,
+) -> Prepared:
+    if kind == "classification":
+        padding = DataCollatorWithPadding(tokenizer)
+        return Prepared(
+            _classification(train, tokenizer, max_length),
+            _classification(evaluation, tokenizer, max_length),
+            padding,
+            padding,
+        )
+    if kind == "language_modeling":
+        train_blocks = first_n(_blocks(train, tokenizer, max_length), max_train_samples)
+        eval_blocks = first_n(_blocks(evaluation, tokenizer, max_length), max_eval_samples)
+        if causal:
+            # labels = input_ids; the model shifts them. No padding needed: blocks are equal length.
+            with_labels = lambda ds: ds.map(lambda b: {"labels": b["input_ids"]}, batched=True)  # noqa: E731
+            return Prepared(
+                with_labels(train_blocks), with_labels(eval_blocks), default_data_collator, default_data_collator
+            )
+        return Prepared(
+            train_blocks,
+            eval_blocks,
+            DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15),
+            DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=MLM_EVAL_SEED),
+        )
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    return Prepared(
+        _sft(train, tokenizer, max_length),
+        _sft(evaluation, tokenizer, max_length),
+        collator,
+        collator,
+        eval_prompts=list(evaluation["prompt"]),
+        eval_answers=list(evaluation["answer"]),
+    )

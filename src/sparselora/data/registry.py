@@ -1,0 +1,63 @@
+"""Tasks: a name, a kind (which decides head, preprocessing and metrics) and a loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from datasets import Dataset
+
+if TYPE_CHECKING:
+    from sparselora.config import RunConfig
+
+TaskKind = Literal["classification", "language_modeling", "generation"]
+
+
+@dataclass
+class TaskData:
+    """Raw splits in standard columns.
+
+    classification: ``text`` (+ ``text_pair``), ``label`` (int); language_modeling: ``text``;
+    generation: ``prompt``, ``target``, ``answer`` (the reference final answer).
+    """
+
+    train: Dataset
+    eval: Dataset
+    label_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: TaskKind
+    dataset_id: str  # the Hub name, used in model cards
+    load: Callable[[RunConfig], TaskData]
+    eval_split: str = "validation"
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    import sparselora.data  # noqa: F401  (registers the built-in tasks)
+
+    if name not in _TASKS:
+        raise KeyError(f"unknown task '{name}'; available tasks: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def task_names() -> list[str]:
+    import sparselora.data  # noqa: F401
+
+    return sorted(_TASKS)
+
+
+def first_n(dataset: Dataset, n: int | None) -> Dataset:
+    """The documented subsetting rule: the first N rows, as in transformers' run_glue."""
+    return dataset if n is None or n >= len(dataset) else dataset.select(range(n))

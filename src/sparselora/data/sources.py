@@ -1,0 +1,69 @@
+"""Find a task's files: a local data folder first, then the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datasets import DatasetDict
+
+if TYPE_CHECKING:
+    from sparselora.config import RunConfig
+
+DATA_DIR_ENV = "SPARSELORA_DATA_DIR"
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No local copy and no Hub access: the message lists every place that was tried."""
+
+
+def candidate_data_dirs(config: RunConfig) -> list[Path]:
+    """Where local copies may live, in order: config/--data-dir, $SPARSELORA_DATA_DIR, ../shared/data."""
+    candidates = []
+    if config.data_dir is not None:
+        candidates.append(Path(config.data_dir))
+    if os.environ.get(DATA_DIR_ENV):
+        candidates.append(Path(os.environ[DATA_DIR_ENV]))
+    candidates += [Path.cwd().parent / "shared" / "data", _REPO_ROOT.parent / "shared" / "data"]
+    unique: list[Path] = []
+    for path in candidates:
+        if path.resolve() not in [p.resolve() for p in unique]:
+            unique.append(path)
+    return unique
+
+
+def find_local(config: RunConfig, subdir: str, required: list[str]) -> Path | None:
+    """The first data folder whose ``subdir`` holds all ``required`` files."""
+    for root in candidate_data_dirs(config):
+        folder = root / subdir
+        if all((folder / name).is_file() for name in required):
+            return folder
+    return None
+
+
+def load_local_or_hub(
+    config: RunConfig,
+    subdir: str,
+    required: list[str],
+    read_local: Callable[[Path], DatasetDict],
+    hub_args: tuple[str, ...],
+) -> DatasetDict:
+    """Read the local copy if one exists, else ask the Hub; fail with every path tried."""
+    folder = find_local(config, subdir, required)
+    if folder is not None:
+        return read_local(folder)
+    try:
+        import datasets
+
+        return datasets.load_dataset(*hub_args)
+    except Exception as err:  # offline: connection, DatasetNotFound, ... all mean "not here"
+        tried = "\n".join(f"  {root / subdir}/{{{','.join(required)}}}" for root in candidate_data_dirs(config))
+        raise DataNotFoundError(
+            f"no local copy of '{subdir}' and the Hub dataset {'/'.join(hub_args)} could not be loaded "
+            f"({type(err).__name__}). Looked for:\n{tried}\n"
+            f"Fix: pass --data-dir DIR (or set {DATA_DIR_ENV}, or `data_dir:` in the config) to a folder "
+            f"containing {subdir}/, or run where the Hugging Face Hub is reachable."
+        ) from err

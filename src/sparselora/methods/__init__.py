@@ -1,0 +1,14 @@
+"""Fine-tuning methods. Each module registers itself; import order is registration order."""
+
+from sparselora.methods import full, lora  # noqa: F401
+from sparselora.methods.registry import (
+    BuildContext,
+    MethodOptions,
+    MethodSetup,
+    MethodSpec,
+    get_method,
+    method_names,
+    register,
+)
+
+__all__ = ["BuildContext", "MethodOptions", "MethodSetup", "MethodSpec", "get_method", "method_names", "register"]

@@ -1,0 +1,89 @@
+"""LoRA (Hu et al., 2022) through PEFT: the baseline every sparse method is measured against."""
+
+from __future__ import annotations
+
+from peft import LoraConfig, TaskType, get_peft_model
+from pydantic import Field
+from torch import nn
+from transformers import PreTrainedModel
+
+from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
+from sparselora.models import UnknownArchitectureError, target_module_names
+
+_TASK_TYPES = {
+    "sequence_classification": TaskType.SEQ_CLS,
+    "causal_lm": TaskType.CAUSAL_LM,
+    "masked_lm": None,  # PEFT has no masked-LM task type; the generic wrapper does the job
+}
+
+
+class LoraOptions(MethodOptions):
+    lora_r: int = Field(8, gt=0, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch input.")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="Modules that get adapters; default: attention query and value from the architecture map. "
+        "'all-linear' is accepted as in PEFT.",
+    )
+
+
+class TargetModuleError(ValueError):
+    """A configured target module matches nothing in the model."""
+
+
+def check_targets(model: PreTrainedModel, targets: list[str]) -> None:
+    """PEFT's own error does not say which entry is wrong; name it and list what exists."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise TargetModuleError(
+            f"config key 'target_modules': {missing} match no module of this model. "
+            f"Linear module names present: {', '.join(linear)}."
+        )
+
+
+def resolve_targets(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext) -> list[str] | str:
+    if isinstance(options.target_modules, list):
+        check_targets(model, options.target_modules)
+    if options.target_modules is not None:
+        return options.target_modules
+    if ctx.arch is None:
+        raise UnknownArchitectureError(
+            f"model_type '{model.config.model_type}' is not in the architecture map, so LoRA "
+            "targets cannot be chosen for you: set `target_modules` (e.g. [q_proj, v_proj])."
+        )
+    return target_module_names(model, ctx.arch, ctx.arch.default_lora_roles)
+
+
+def fresh_modules_to_save(ctx: BuildContext) -> list[str] | None:
+    """Freshly initialised modules (a new head) must train and be saved with the adapter.
+
+    PEFT's SEQ_CLS task type already adds ``classifier``/``score``; list only the others.
+    """
+    covered = {"classifier", "score"} if ctx.head == "sequence_classification" else set()
+    extra = [name for name in ctx.new_modules if name.rsplit(".", 1)[-1] not in covered]
+    return extra or None
+
+
+def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext, **extra) -> LoraConfig:
+    """The PEFT config shared by LoRA and its variants (which pass ``extra`` fields)."""
+    return LoraConfig(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=resolve_targets(model, options, ctx),
+        task_type=_TASK_TYPES[ctx.head],
+        fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
+        modules_to_save=fresh_modules_to_save(ctx),
+        **extra,
+    )
+
+
+def build_lora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
+    options: LoraOptions = ctx.config.method_options  # type: ignore[assignment]
+    return MethodSetup(model=get_peft_model(model, lora_config(model, options, ctx)))
+
+
+register(MethodSpec(name="lora", summary="LoRA adapters (PEFT), base frozen", options=LoraOptions, build=build_lora))

@@ -1,0 +1,80 @@
+"""The method registry: every fine-tuning method is a name, an options model and a build function.
+
+``build`` receives the loaded base model and returns a :class:`MethodSetup`: the model to
+train plus any ``TrainerCallback`` the method needs (schedules, proximal steps, rank
+reallocation). The training loop knows nothing else about methods, so adding one is one
+file and one ``register`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from transformers import PreTrainedModel, TrainerCallback
+
+if TYPE_CHECKING:
+    from sparselora.config import RunConfig
+    from sparselora.models import ArchSpec
+
+
+class MethodOptions(BaseModel):
+    """Base of every method's options: strict, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method may need to know about the run besides the model."""
+
+    config: RunConfig
+    arch: ArchSpec | None
+    head: str  # "sequence_classification", "causal_lm" or "masked_lm"
+    new_modules: tuple[str, ...] = ()  # freshly initialised head modules: must train and be saved
+
+
+@dataclass
+class MethodSetup:
+    """The model to train and the callbacks that implement the method's schedule."""
+
+    model: nn.Module
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    summary: str
+    options: type[MethodOptions]
+    build: Callable[[PreTrainedModel, BuildContext], MethodSetup]
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"method '{spec.name}' is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_builtin_methods() -> None:
+    # Importing the package registers the built-in methods (each module calls `register`).
+    import sparselora.methods  # noqa: F401
+
+
+def get_method(name: str) -> MethodSpec:
+    _ensure_builtin_methods()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _ensure_builtin_methods()
+    return sorted(_REGISTRY)

@@ -1,0 +1,99 @@
+"""What a run loads before training or evaluating: model source, tokenizer, task data, head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sparselora.config import RunConfig
+from sparselora.data import TaskSpec, get_task
+from sparselora.data.preprocess import Prepared, prepare
+from sparselora.models import (
+    ArchSpec,
+    ModelSource,
+    find_arch,
+    is_decoder,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from sparselora.models.loading import HEAD_CLASSES, Head
+
+
+class TaskModelMismatchError(ValueError):
+    """The task cannot run on this kind of model (e.g. GSM8K generation on an encoder)."""
+
+
+@dataclass
+class RunInputs:
+    config: RunConfig
+    source: ModelSource
+    tokenizer: PreTrainedTokenizerBase
+    task: TaskSpec
+    head: Head
+    causal: bool
+    arch: ArchSpec | None
+    num_labels: int | None
+    label_names: list[str]
+    data: Prepared
+
+    def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
+        return load_model(self.source, self.head, self.tokenizer, self.num_labels)
+
+
+def choose_head(task: TaskSpec, decoder: bool, model_name: str) -> Head:
+    if task.kind == "classification":
+        return "sequence_classification"
+    if task.kind == "generation" and not decoder:
+        raise TaskModelMismatchError(
+            f"task '{task.name}' generates text and needs a decoder model; '{model_name}' is an encoder. "
+            "Use `model: smollm2` or another causal LM."
+        )
+    return "causal_lm" if decoder else "masked_lm"
+
+
+def load_inputs(config: RunConfig) -> RunInputs:
+    source = resolve_model(config.model)
+    model_config = load_config(source)
+    try:
+        task = get_task(config.task)
+    except KeyError as err:
+        raise ValueError(f"config key 'task': {err.args[0]}") from None
+    decoder = is_decoder(model_config)
+    head = choose_head(task, decoder, config.model)
+    tokenizer = load_tokenizer(source)
+    raw = task.load(config)
+    data = prepare(
+        task.kind,
+        raw.train,
+        raw.eval,
+        tokenizer,
+        causal=head == "causal_lm",
+        max_length=config.max_length,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
+    )
+    return RunInputs(
+        config=config,
+        source=source,
+        tokenizer=tokenizer,
+        task=task,
+        head=head,
+        causal=head == "causal_lm",
+        arch=find_arch(model_config.model_type),
+        num_labels=len(raw.label_names) if task.kind == "classification" else None,
+        label_names=raw.label_names,
+        data=data,
+    )
+
+
+def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
+    """The model a run saved: base + PEFT adapter, or the full fine-tuned weights."""
+    if (run_dir / "adapter_config.json").is_file():
+        base, _ = inputs.load_base_model()
+        return PeftModel.from_pretrained(base, run_dir)
+    return HEAD_CLASSES[inputs.head].from_pretrained(run_dir)

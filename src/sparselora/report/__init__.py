@@ -1,0 +1,1 @@
+"""Human-facing outputs: model cards (tables, plots and validation reports follow)."""

@@ -1,0 +1,150 @@
+"""The model card (README.md) of a run folder, filled from the run's own config and metrics."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from sparselora.models import hub_id
+
+if TYPE_CHECKING:
+    from sparselora.config import RunConfig
+    from sparselora.pipeline import RunInputs
+
+_PIPELINE_TAGS = {
+    "sequence_classification": "text-classification",
+    "causal_lm": "text-generation",
+    "masked_lm": "fill-mask",
+}
+_AUTO_CLASS = {
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+}
+_CITATIONS = {
+    "lora": "Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022.",
+    "sparselora": "Khaki et al., *SparseLoRA: Accelerating LLM Fine-Tuning with Contextual Sparsity*, ICML 2025.",
+}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _front_matter(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapter: bool) -> str:
+    base = hub_id(inputs.source)
+    adapter_tags = ["lora", f"base_model:adapter:{base}"] if is_adapter else []
+    front = {
+        "base_model": base,
+        "library_name": "peft" if is_adapter else "transformers",
+        "pipeline_tag": _PIPELINE_TAGS[inputs.head],
+        "tags": list(dict.fromkeys(["sparselora", config.method, config.task, *adapter_tags])),
+        "datasets": [inputs.task.dataset_id],
+        "metrics": [k for k in metrics["task_metrics"] if k != "eval_loss"] + ["loss"],
+    }
+    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n"
+
+
+def _adapter_section(run_dir: Path) -> list[str]:
+    adapter = json.loads((run_dir / "adapter_config.json").read_text())
+    targets = adapter.get("target_modules")
+    targets = sorted(targets) if isinstance(targets, list) else targets
+    rows = [
+        ("PEFT type", adapter.get("peft_type")),
+        ("Task type", adapter.get("task_type") or "none (generic PeftModel)"),
+        ("Rank r", adapter.get("r")),
+        ("Alpha", adapter.get("lora_alpha")),
+        ("Dropout", adapter.get("lora_dropout")),
+        ("Target modules", ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"),
+        ("Also trained and saved", ", ".join(f"`{m}`" for m in adapter.get("modules_to_save") or []) or "nothing else"),
+    ]
+    return ["### Adapter", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+
+
+def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metrics: dict) -> None:
+    is_adapter = (run_dir / "adapter_config.json").is_file()
+    base = hub_id(inputs.source)
+    params, train, inference, memory = metrics["params"], metrics["train"], metrics["inference"], metrics["memory"]
+    # Unset options (None) are resolved at build time; the Adapter section shows what was used.
+    options = {k: v for k, v in config.method_options.model_dump(mode="json").items() if v is not None}
+    lines = [
+        _front_matter(config, inputs, metrics, is_adapter),
+        f"# {config.run_name}",
+        "",
+        f"`{base}` fine-tuned on **{config.task}** ({inputs.task.dataset_id}, "
+        f"{train['train_examples']:,} training examples) with **{config.method}**, "
+        f"trained with sparselora on {date.today().isoformat()}.",
+        "",
+        "## Training configuration",
+        "",
+        f"- Base model: `{base}` (loaded from `{config.model}`), head: {inputs.head.replace('_', ' ')}",
+        f"- Method: `{config.method}`"
+        + (f" with {', '.join(f'`{k}={v}`' for k, v in options.items())}" if options else ""),
+        f"- Epochs {config.epochs:g} ({train['steps']} steps), batch size {config.batch_size}, "
+        f"learning rate {config.learning_rate:g} ({config.lr_scheduler}), weight decay {config.weight_decay:g}, "
+        f"warm-up {config.warmup_steps or config.warmup_ratio}, max length {config.max_length}, seed {config.seed}",
+        "- Optimiser: AdamW (HF Trainer default)",
+        "",
+        *(_adapter_section(run_dir) if is_adapter else []),
+        f"## Results ({inputs.task.eval_split} split, {inference['eval_examples']:,} examples)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in metrics["task_metrics"].items()],
+        "",
+        "## Cost",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| total parameters | {_fmt(params['total'])} |",
+        f"| trainable parameters | {_fmt(params['trainable'])} ({params['trainable_pct']:.3f}%) |",
+        f"| nonzero trainable parameters | {_fmt(params['nonzero_trainable'])} |",
+        f"| median training step | {train['median_step_ms']:.1f} ms |",
+        f"| training wall time | {train['wall_time_s']:.1f} s |",
+        f"| training throughput | {train['tokens_per_s']:,.0f} tokens/s |",
+        f"| peak memory ({memory['kind']}) | {memory['peak_mb']:,.0f} MB |",
+        f"| median inference latency, batch {inference['eval_batch_size']} | "
+        f"{inference['median_batch_latency_ms']:.1f} ms |",
+        f"| device | {metrics['environment']['device']} ({metrics['environment']['torch_threads']} threads) |",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        f"from transformers import AutoTokenizer, {_AUTO_CLASS[inputs.head]}",
+        *(["from peft import PeftModel", ""] if is_adapter else [""]),
+        f'tokenizer = AutoTokenizer.from_pretrained("runs/{config.run_name}")',
+        *(
+            [
+                f'base = {_AUTO_CLASS[inputs.head]}.from_pretrained("{base}"'
+                + (f", num_labels={inputs.num_labels})" if inputs.num_labels else ")"),
+                f'model = PeftModel.from_pretrained(base, "runs/{config.run_name}")',
+            ]
+            if is_adapter
+            else [f'model = {_AUTO_CLASS[inputs.head]}.from_pretrained("runs/{config.run_name}")']
+        ),
+        "```",
+        "",
+        f"Re-evaluate with `sparselora eval {Path(config.output_dir) / config.run_name}`.",
+        "",
+        "## Framework versions",
+        "",
+        *[f"- {name} {ver}" for name, ver in metrics["environment"]["versions"].items() if ver],
+        "",
+        "## Citation",
+        "",
+        *[
+            f"- {text}"
+            for name, text in _CITATIONS.items()
+            if name in (config.method, "lora") and (is_adapter or name != "lora")
+        ],
+        "",
+    ]
+    (run_dir / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,151 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparselora.config import build_config
+from sparselora.data import DataNotFoundError, get_task
+from sparselora.data.files import DataFileError
+from sparselora.data.gsm8k import final_answer
+from sparselora.data.preprocess import prepare
+from sparselora.models import load_tokenizer, resolve_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model("minilm"))
+
+
+@pytest.mark.parametrize(
+    ("task", "columns", "eval_rows"),
+    [
+        ("sst2", {"text", "label"}, 872),
+        ("mrpc", {"text", "text_pair", "label"}, 408),
+        ("imdb", {"text", "label"}, 25000),
+    ],
+)
+def test_classification_tasks_read_the_local_copy(data_env, task, columns, eval_rows):
+    data = get_task(task).load(build_config({"task": task, "max_train_samples": 50}))
+    assert set(data.train.column_names) == columns
+    assert len(data.train) == 50 and len(data.eval) == eval_rows
+    assert set(data.train["label"]) <= {0, 1}
+
+
+def test_imdb_subset_is_balanced(data_env):
+    data = get_task("imdb").load(build_config({"task": "imdb", "max_train_samples": 200}))
+    assert 60 < sum(data.train["label"]) < 140
+
+
+def test_dynamic_padding_pads_to_the_longest_in_batch(data_env, tokenizer):
+    config = build_config({"max_train_samples": 64, "max_eval_samples": 8})
+    raw = get_task("sst2").load(config)
+    prepared = prepare(
+        "classification",
+        raw.train,
+        raw.eval,
+        tokenizer,
+        causal=False,
+        max_length=128,
+        max_train_samples=None,
+        max_eval_samples=None,
+    )
+    rows = [prepared.train[i] for i in range(8)]
+    batch = prepared.train_collator(rows)
+    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows) < 128
+
+
+def test_wikitext_blocks_and_masked_eval_is_deterministic(data_env, tokenizer):
+    config = build_config({"task": "wikitext2"})
+    raw = get_task("wikitext2").load(config)
+    kwargs = {"causal": False, "max_length": 64, "max_train_samples": 20, "max_eval_samples": 10}
+    first = prepare("language_modeling", raw.train.select(range(300)), raw.eval.select(range(300)), tokenizer, **kwargs)
+    again = prepare("language_modeling", raw.train.select(range(300)), raw.eval.select(range(300)), tokenizer, **kwargs)
+    assert len(first.train) == 20 and all(len(ids) == 64 for ids in first.train["input_ids"])
+    rows = [first.eval[i] for i in range(4)]
+    masked_a, masked_b = first.eval_collator(rows), again.eval_collator(rows)
+    assert torch.equal(masked_a["labels"], masked_b["labels"]) and (masked_a["labels"] != -100).any()
+
+
+def test_gsm8k_labels_only_the_answer(data_env, tiny_llama_dir):
+    tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
+    raw = get_task("gsm8k").load(build_config({"task": "gsm8k", "max_train_samples": 4, "max_eval_samples": 3}))
+    prepared = prepare(
+        "generation",
+        raw.train,
+        raw.eval,
+        tok,
+        causal=True,
+        max_length=512,
+        max_train_samples=None,
+        max_eval_samples=None,
+    )
+    row = prepared.train[0]
+    prompt_len = len(tok(raw.train[0]["prompt"], add_special_tokens=False)["input_ids"])
+    assert all(label == -100 for label in row["labels"][:prompt_len])
+    assert row["labels"][prompt_len:] == row["input_ids"][prompt_len:]
+    assert row["labels"][-1] == tok.eos_token_id
+    assert prepared.eval_answers == [final_answer(a) for a in raw.eval["target"]]
+    assert len(prepared.eval_prompts) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("so 3+4 = 7\n#### 7", "7"),
+        ("#### 1,234", "1234"),
+        ("The answer is 12.", "12"),
+        ("no number", None),
+        ("#### -5", "-5"),
+        ("total 3.0", "3"),
+    ],
+)
+def test_final_answer(text, answer):
+    assert final_answer(text) == answer
+
+
+def test_missing_data_names_every_path_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SPARSELORA_DATA_DIR", str(tmp_path / "env-dir"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sparselora.data.sources._REPO_ROOT", tmp_path / "repo")
+    config = build_config({"task": "mrpc", "data_dir": str(tmp_path / "cfg-dir")})
+    with pytest.raises(DataNotFoundError) as err:
+        get_task("mrpc").load(config)
+    message = str(err.value)
+    assert str(tmp_path / "cfg-dir" / "mrpc") in message and str(tmp_path / "env-dir" / "mrpc") in message
+    assert "--data-dir" in message
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_generic_file_task_maps_string_labels(tmp_path):
+    train = _write(tmp_path / "train.csv", "review,stars\ngood film,pos\nbad film,neg\nfine,pos\n")
+    evaluation = _write(
+        tmp_path / "eval.jsonl", '{"review": "great", "stars": "pos"}\n{"review": "awful", "stars": "neg"}\n'
+    )
+    config = build_config(
+        {
+            "task": "csv",
+            "train_file": str(train),
+            "eval_file": str(evaluation),
+            "text_column": "review",
+            "label_column": "stars",
+        }
+    )
+    data = get_task("csv").load(config)
+    assert data.label_names == ["neg", "pos"]
+    assert data.train["label"] == [1, 0, 1] and data.eval["label"] == [1, 0]
+    assert data.train["text"][0] == "good film"
+
+
+def test_generic_file_task_errors(tmp_path):
+    train = _write(tmp_path / "train.tsv", "sentence\tlabel\nhello\t1\n")
+    missing = build_config({"task": "tsv", "train_file": str(tmp_path / "nope.tsv"), "eval_file": str(train)})
+    with pytest.raises(DataFileError, match=r"train_file.*not found"):
+        get_task("tsv").load(missing)
+    wrong_column = build_config({"task": "tsv", "train_file": str(train), "eval_file": str(train)})
+    with pytest.raises(DataFileError, match=r"text_column.*'text'.*sentence"):
+        get_task("tsv").load(wrong_column)

