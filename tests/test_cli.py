@@ -69,7 +69,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_bert_dir, shared_data_dir, tmp
         "accelerate.commands.launch",
         "--num_processes",
         "2",
-        "--cpu",
+        "--multi_gpu",  # accelerate's torchrun launcher; on a CPU-only machine the Trainer picks gloo
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -86,4 +86,16 @@ def test_accelerate_launch_two_cpu_processes(tiny_bert_dir, shared_data_dir, tmp
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "ddp" / "metrics.json").read_text())
-    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 3
+    assert metrics["train"]["world_size"] == 2, done.stderr[-3000:]
+    assert metrics["train"]["steps"] == 3
+
+
+def test_svd_build_caches_and_reports(tiny_llama_dir, tmp_path):
+    out = tmp_path / "factors.safetensors"
+    first = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "4", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "4 factor pairs" in first.output and "built in" in first.output and out.is_file()  # 2 layers x (up, gate)
+    second = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "4", "--out", str(out)])
+    assert "loaded from cache" in second.output
+    too_big = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "64", "--out", str(tmp_path / "x.st")])
+    assert too_big.exit_code == 2 and "between 1 and" in too_big.output

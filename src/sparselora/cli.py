@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from transformers.utils import logging as transformers_logging
 
 app = typer.Typer(help="Sparse fine-tuning of transformers, measured honestly.", no_args_is_help=True)
 console = Console()
@@ -108,6 +110,36 @@ def eval_(
     console.print(f"reproduced: every metric within {tolerance:g}")
 
 
+svd_app = typer.Typer(help="The SparseLoRA SVD estimator's cached factors.", no_args_is_help=True)
+app.add_typer(svd_app, name="svd")
+
+
+@svd_app.command("build")
+def svd_build(
+    model: Annotated[str, typer.Argument(help="Alias (minilm, smollm2), local folder or Hub id.")],
+    rank: Annotated[int, typer.Option(help="Estimator rank r.")] = 8,
+    out: Annotated[
+        Path | None, typer.Option(help="Cache file (default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a cache file exists.")] = False,
+) -> None:
+    """Compute the rank-r SVD factors of every FFN up/gate projection once, and cache them."""
+    from sparselora.models import get_arch, load_config, resolve_model
+    from sparselora.models.loading import HEAD_CLASSES
+    from sparselora.sparse.svd import SVDCacheError, default_cache_path, get_factors
+
+    try:
+        source = resolve_model(model)
+        spec = get_arch(load_config(source).model_type)
+        weights = HEAD_CLASSES["causal_lm" if spec.kind == "decoder" else "masked_lm"].from_pretrained(source.path)
+        path = out or default_cache_path(model, rank)
+        factors, stats = get_factors(weights, spec, rank, path, force=force)
+    except (ValueError, SVDCacheError, OSError) as err:
+        _fail(err)
+    verb = "loaded from cache" if stats["cached"] else f"built in {stats['seconds']:.1f} s"
+    console.print(f"{len(factors)} factor pairs, rank {rank}, {verb}: {path} ({stats['megabytes']:.2f} MB)")
+
+
 @app.command()
 def methods() -> None:
     """List the registered fine-tuning methods."""
@@ -137,6 +169,9 @@ def config_keys() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Fresh heads are reported in the run's model card; transformers' per-load report is noise here.
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     app()
 
 

@@ -1,6 +1,6 @@
 """Fine-tuning methods. Each module registers itself; import order is registration order."""
 
-from sparselora.methods import full, lora  # noqa: F401
+from sparselora.methods import full, lora, sparselora  # noqa: F401
 from sparselora.methods.registry import (
     BuildContext,
     MethodOptions,

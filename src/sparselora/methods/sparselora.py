@@ -1,0 +1,38 @@
+"""SparseLoRA (Khaki et al., ICML 2025): dense LoRA adapters, contextually sparse frozen FFN.
+
+The method is LoRA plus the engine in ``sparselora.sparse``; this file only wires the two into
+the registry. The saved adapter is a plain PEFT LoRA adapter: sparsity changes how training
+computes, not what is learned or stored.
+"""
+
+from __future__ import annotations
+
+from peft import get_peft_model
+from transformers import PreTrainedModel
+
+from sparselora.methods.lora import LoraOptions, lora_config
+from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
+from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.engine import apply_sparselora
+
+
+class SparseLoRAOptions(LoraOptions, SparseLoRAConfig):
+    """LoRA keys plus the sparsity keys (svd_rank, ffn_sparsity, layer_sparsity, ...)."""
+
+
+def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
+    options: SparseLoRAOptions = ctx.config.method_options  # type: ignore[assignment]
+    peft_model = get_peft_model(model, lora_config(model, options, ctx))
+    sparse_config = SparseLoRAConfig(**{key: getattr(options, key) for key in SparseLoRAConfig.model_fields})
+    engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
+    return MethodSetup(model=peft_model, callbacks=[engine.callback()])
+
+
+register(
+    MethodSpec(
+        name="sparselora",
+        summary="LoRA + SVD-estimated contextual FFN sparsity of the frozen weights",
+        options=SparseLoRAOptions,
+        build=build_sparselora,
+    )
+)

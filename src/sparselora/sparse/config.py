@@ -1,0 +1,89 @@
+"""SparseLoRA settings, and the per-layer sparsity schedule they describe."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Sparsity = float  # fraction of channels skipped, in [0, 1)
+
+_SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the seeds' form)
+_PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
+
+
+class SparseLoRAConfig(BaseModel):
+    """How much of the frozen computation to skip, where and when. LoRA itself stays dense."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    svd_rank: int = Field(8, gt=0, description="Rank of the SVD estimator of each selectable projection.")
+    ffn_sparsity: float = Field(
+        0.5, ge=0, lt=1, description="Fraction of FFN channels skipped in every layer not named in layer_sparsity."
+    )
+    attn_sparsity: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of attention channels skipped (not implemented yet: must be 0)."
+    )
+    layer_sparsity: dict[str, float] | None = Field(
+        None,
+        description="Per-layer overrides: {'layer.0': 0.4} (FFN) or {'layers.0.mlp': 0.4, 'layers.0.attn': 0.2}.",
+    )
+    sparse_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of training steps run dense first.")
+    calibration_steps: int = Field(
+        2, ge=1, description="First training steps run dense to find outlier channels (part of the warm-up)."
+    )
+    outlier_factor: float = Field(
+        20.0,
+        gt=1,
+        description="Always keep FFN channels whose output contribution exceeds this multiple of the median channel's.",
+    )
+    max_outlier_fraction: float = Field(
+        0.02, ge=0, lt=1, description="At most this share of channels is kept as outliers."
+    )
+    estimator_tokens: int = Field(
+        256,
+        gt=0,
+        description="Score channels on at most this many evenly spaced tokens of the batch (bounds estimator cost).",
+    )
+    svd_cache: str | None = Field(
+        None, description="SVD factor cache file; default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors."
+    )
+    sparse_eval: bool = Field(
+        False, description="Also run evaluation sparse (default: evaluation and inference are dense)."
+    )
+
+    @field_validator("attn_sparsity")
+    @classmethod
+    def _attention_not_yet(cls, value: float) -> float:
+        if value > 0:
+            raise ValueError("attention sparsity is not implemented yet; set attn_sparsity: 0 (FFN sparsity works)")
+        return value
+
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _valid_layer_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, sparsity in (value or {}).items():
+            if not (_SEED_FORM.match(key) or _PART_FORM.match(key)):
+                raise ValueError(f"key '{key}' must look like 'layer.N', 'layers.N.mlp' or 'layers.N.attn'")
+            if not 0 <= sparsity < 1:
+                raise ValueError(f"'{key}': sparsity must be in [0, 1), got {sparsity}")
+            part = _PART_FORM.match(key)
+            if part and part.group(2) == "attn" and sparsity > 0:
+                raise ValueError(f"'{key}': attention sparsity is not implemented yet (use 0)")
+        return value
+
+
+def ffn_schedule(config: SparseLoRAConfig, num_layers: int) -> list[Sparsity]:
+    """FFN sparsity of every layer; layer names beyond the model are an error."""
+    schedule = [config.ffn_sparsity] * num_layers
+    for key, sparsity in (config.layer_sparsity or {}).items():
+        match = _SEED_FORM.match(key) or _PART_FORM.match(key)
+        assert match is not None  # validated above
+        layer = int(match.group(1))
+        if layer >= num_layers:
+            raise ValueError(
+                f"layer_sparsity key '{key}': this model has layers 0..{num_layers - 1}, there is no layer {layer}"
+            )
+        if match.re is _SEED_FORM or match.group(2) == "mlp":
+            schedule[layer] = sparsity
+    return schedule

@@ -1,0 +1,190 @@
+"""Contextual FFN sparsity: per batch, compute only the FFN channels the estimator predicts matter.
+
+For each layer, a pre-hook on the FFN block runs the SVD estimator on the block's input, scores
+every intermediate channel by the L2 norm (over the batch's tokens) of its *estimated
+activation* — the value that feeds the down projection — and keeps the top-k plus the outlier
+channels found during calibration. The up (and gate) projection then multiplies only the kept
+rows of its weight, the down projection only the kept columns, so forward **and** backward
+(the input gradient through the frozen weights) shrink by the kept fraction. LoRA branches stay
+dense: their low-rank products are computed in full and sliced, never approximated.
+
+Wiring is per instance: each projection's ``forward`` attribute is replaced on that module
+object only (``del module.forward`` restores it). No library class is patched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from sparselora.sparse.svd import LowRank
+
+
+def _linear_parts(module: nn.Module) -> tuple[nn.Linear, list[tuple[torch.Tensor, torch.Tensor, float, nn.Module]]]:
+    """The frozen base linear and its active LoRA branches (A weight, B weight, scale, dropout)."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return module, []  # type: ignore[return-value]
+    if getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return base, []
+    if any(getattr(module, "use_dora", {}).get(name, False) for name in module.active_adapters):
+        raise NotImplementedError("SparseLoRA supports plain LoRA adapters, not DoRA, on sparsified FFN projections")
+    branches = [
+        (module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name], module.lora_dropout[name])
+        for name in module.active_adapters
+        if name in module.lora_A
+    ]
+    return base, branches
+
+
+def rows_forward(module: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Output channels ``keep`` only: ``x @ W[keep].T (+ b[keep]) + LoRA(x)[keep]``."""
+    base, branches = _linear_parts(module)
+    bias = base.bias.index_select(0, keep) if base.bias is not None else None
+    out = F.linear(x, base.weight.index_select(0, keep), bias)
+    for a, b, scale, dropout in branches:
+        out = out + F.linear(F.linear(dropout(x), a), b.index_select(0, keep)) * scale
+    return out
+
+
+def columns_forward(module: nn.Module, h: torch.Tensor, keep: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """Input channels ``keep`` only (the others are zero): ``h @ W[:, keep].T (+ b) + LoRA``.
+
+    ``weight_t`` is Wᵀ kept contiguous so that selecting columns is a fast row gather.
+    """
+    base, branches = _linear_parts(module)
+    out = F.linear(h, weight_t.index_select(0, keep).T, base.bias)
+    for a, b, scale, dropout in branches:
+        out = out + F.linear(F.linear(dropout(h), a.index_select(1, keep)), b) * scale
+    return out
+
+
+@dataclass
+class SparseFFN:
+    """One layer's FFN: its projections, estimator, schedule and the current batch's kept channels."""
+
+    layer: int
+    block: nn.Module  # receives the FFN input (BertIntermediate, LlamaMLP, ...)
+    up: nn.Module
+    down: nn.Module
+    gate: nn.Module | None
+    activation: nn.Module
+    up_estimator: LowRank
+    gate_estimator: LowRank | None
+    sparsity: float
+    estimator_tokens: int = 256
+    keep: torch.Tensor | None = None
+    outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    channel_sq_sums: torch.Tensor | None = None  # calibration statistics
+    _handles: list = field(default_factory=list)
+    _down_weight_t: torch.Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return _linear_parts(self.up)[0].weight.shape[0]
+
+    @property
+    def num_kept(self) -> int:
+        return max(1, math.ceil((1.0 - self.sparsity) * self.width))
+
+    # selection ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate(self, x: torch.Tensor) -> torch.Tensor:
+        """Estimated post-activation intermediate values, (sampled tokens × channels).
+
+        Channel scores are norms over tokens: an evenly spaced subset of tokens estimates them
+        well and bounds the estimator's cost independently of batch size.
+        """
+        flat = x.reshape(-1, x.shape[-1])
+        stride = max(1, flat.shape[0] // self.estimator_tokens)
+        flat = flat[::stride]
+        up_bias = _linear_parts(self.up)[0].bias
+        up = flat @ self.up_estimator.a.to(flat.dtype) @ self.up_estimator.b.to(flat.dtype)
+        if up_bias is not None:
+            up = up + up_bias
+        if self.gate_estimator is None:
+            return self.activation(up)
+        gate = flat @ self.gate_estimator.a.to(flat.dtype) @ self.gate_estimator.b.to(flat.dtype)
+        return self.activation(gate) * up
+
+    @torch.no_grad()
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.estimate(x).norm(dim=0)
+        if self.outliers.numel():
+            scores[self.outliers] = float("inf")
+        return torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
+
+    # calibration ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def record(self, h: torch.Tensor) -> None:
+        sums = h.detach().float().pow(2).reshape(-1, h.shape[-1]).sum(0)
+        self.channel_sq_sums = sums if self.channel_sq_sums is None else self.channel_sq_sums + sums
+
+    @torch.no_grad()
+    def fix_outliers(self, factor: float, max_fraction: float) -> None:
+        """Channels whose contribution ‖h_c‖·‖W_down[:, c]‖ dwarfs the median's are always kept."""
+        if self.channel_sq_sums is None:
+            return
+        contribution = self.channel_sq_sums.sqrt() * _linear_parts(self.down)[0].weight.float().norm(dim=0)
+        candidates = torch.nonzero(contribution > factor * contribution.median()).flatten()
+        limit = int(max_fraction * self.width)
+        order = contribution[candidates].argsort(descending=True)[:limit]
+        self.outliers = candidates[order].sort().values
+        self.channel_sq_sums = None
+
+    # wiring -----------------------------------------------------------------------------------
+    def attach(self, engine) -> None:
+        """Install the selection hook and the sparse forwards on this layer's module instances."""
+        self._down_weight_t = _linear_parts(self.down)[0].weight.detach().T.contiguous()
+
+        def choose(_module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.keep = self.select(x) if engine.sparse_now(self) else None
+
+        def calibrate(_module, args):
+            if engine.calibrating and self.block.training:
+                self.record(args[0])
+
+        self._handles = [
+            self.block.register_forward_pre_hook(choose, with_kwargs=True),
+            self.down.register_forward_pre_hook(calibrate),
+        ]
+        for projection in (self.up, self.gate):
+            if projection is not None:
+                projection.forward = self._rows_forward_for(projection)
+        self.down.forward = self._columns_forward_for(self.down)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module in (self.up, self.gate, self.down):
+            if module is not None and "forward" in module.__dict__:
+                del module.forward
+        self._handles, self.keep, self._down_weight_t = [], None, None
+
+    def _rows_forward_for(self, module: nn.Module):
+        dense = type(module).forward.__get__(module)
+
+        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            return dense(x, *args, **kwargs) if self.keep is None else rows_forward(module, x, self.keep)
+
+        return forward
+
+    def _columns_forward_for(self, module: nn.Module):
+        dense = type(module).forward.__get__(module)
+
+        def forward(h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if self.keep is None:
+                return dense(h, *args, **kwargs)
+            return columns_forward(module, h, self.keep, self._down_weight_t)
+
+        return forward
+
+
+def activation_of(config, attr: str) -> nn.Module:
+    return ACT2FN[getattr(config, attr)]

@@ -1,0 +1,128 @@
+"""The SVD estimator's factors: W ≈ (A·B)ᵀ for each frozen projection whose outputs we select.
+
+``x @ A @ B`` costs r·(d_in + d_out) multiply-adds per token instead of d_in·d_out, which is
+what makes a per-batch channel prediction cheap. Factors are computed once per (model, rank)
+and cached on disk as safetensors, with a fingerprint of the weights so a cache built for
+another model is refused instead of silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparselora.models import ArchSpec, iter_projections
+from sparselora.models.loading import cache_dir
+
+SELECTABLE_ROLES = ("up", "gate")  # FFN projections whose output channels are selected
+
+
+class SVDCacheError(ValueError):
+    """A cache file that belongs to another model or rank, or a rank the weights cannot support."""
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """``x @ a @ b`` approximates ``x @ weight.T`` (a: d_in × r, b: r × d_out)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def base_weight(module: nn.Module) -> torch.Tensor:
+    """The frozen weight of a projection, whether or not PEFT wrapped it."""
+    return getattr(module, "base_layer", module).weight
+
+
+def low_rank(weight: torch.Tensor, rank: int) -> LowRank:
+    """Truncated SVD of ``weight`` (d_out × d_in), singular values folded into ``a``."""
+    max_rank = min(weight.shape)
+    if not 0 < rank < max_rank:
+        raise SVDCacheError(
+            f"svd_rank must be between 1 and {max_rank - 1} for a {tuple(weight.shape)} weight, got {rank}"
+        )
+    u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+    return LowRank(a=(vh[:rank].T * s[:rank]).contiguous(), b=u[:, :rank].T.contiguous())
+
+
+def fingerprint(model: nn.Module, spec: ArchSpec) -> str:
+    """A short hash of every selectable weight's shape and a few values: detects a stale cache."""
+    digest = hashlib.sha256()
+    for proj in iter_projections(model, spec):
+        if proj.role in SELECTABLE_ROLES:
+            weight = base_weight(proj.module).detach()
+            digest.update(f"{proj.layer}.{proj.role}{tuple(weight.shape)}".encode())
+            digest.update(weight.flatten()[:: max(1, weight.numel() // 64)].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_path(model_name: str, rank: int) -> Path:
+    safe = model_name.strip("/").replace("/", "--")
+    return cache_dir() / "svd" / f"{safe}-r{rank}.safetensors"
+
+
+def _key(layer: int, role: str) -> str:
+    return f"layers.{layer}.{role}"
+
+
+def build_factors(model: nn.Module, spec: ArchSpec, rank: int, progress: bool = True) -> dict[str, LowRank]:
+    targets = [p for p in iter_projections(model, spec) if p.role in SELECTABLE_ROLES]
+    return {
+        _key(p.layer, p.role): low_rank(base_weight(p.module), rank)
+        for p in tqdm(targets, desc=f"SVD rank {rank}", disable=not progress)
+    }
+
+
+def save_factors(path: Path, factors: dict[str, LowRank], print_: str, rank: int) -> None:
+    tensors = {}
+    for key, factor in factors.items():
+        tensors[f"{key}.a"], tensors[f"{key}.b"] = factor.a, factor.b
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"fingerprint": print_, "rank": str(rank)})
+
+
+def load_factors(path: Path, expected_print: str, rank: int) -> dict[str, LowRank]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata() or {}
+    if meta.get("fingerprint") != expected_print or meta.get("rank") != str(rank):
+        raise SVDCacheError(
+            f"SVD cache '{path}' was built for other weights or rank (fingerprint {meta.get('fingerprint')}, "
+            f"rank {meta.get('rank')}; this model: {expected_print}, rank {rank}). Delete it or rebuild with "
+            "`sparselora svd build MODEL --rank R --force`."
+        )
+    tensors = load_file(str(path))
+    keys = {name.rsplit(".", 1)[0] for name in tensors}
+    return {key: LowRank(a=tensors[f"{key}.a"], b=tensors[f"{key}.b"]) for key in keys}
+
+
+def get_factors(
+    model: nn.Module, spec: ArchSpec, rank: int, path: Path | None, progress: bool = True, force: bool = False
+) -> tuple[dict[str, LowRank], dict[str, float]]:
+    """Load cached factors or build and cache them. Returns (factors, {'seconds', 'megabytes', 'cached'})."""
+    print_ = fingerprint(model, spec)
+    if path is not None and path.is_file() and not force:
+        return load_factors(path, print_, rank), {
+            "seconds": 0.0,
+            "megabytes": path.stat().st_size / 2**20,
+            "cached": 1.0,
+        }
+    start = time.perf_counter()
+    factors = build_factors(model, spec, rank, progress)
+    seconds = time.perf_counter() - start
+    if path is not None:
+        save_factors(path, factors, print_, rank)
+    size = path.stat().st_size / 2**20 if path is not None else 0.0
+    return factors, {"seconds": seconds, "megabytes": size, "cached": 0.0}
+
+
+def factor_for(factors: dict[str, LowRank], layer: int, role: str) -> LowRank:
+    return factors[_key(layer, role)]
