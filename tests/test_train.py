@@ -43,6 +43,7 @@ def test_run_folder_holds_every_output(lora_run):
         "run",
         "task_metrics",
         "params",
+        "method",
         "train",
         "memory",
         "inference",

@@ -91,6 +91,7 @@ def assemble_metrics(
     timer: StepTimer,
     memory: PeakMemory,
     wall_s: float,
+    method_report: dict[str, Any],
 ) -> dict[str, Any]:
     """metrics.json (schema in docs/metrics.md)."""
     config = inputs.config
@@ -108,6 +109,7 @@ def assemble_metrics(
         },
         "task_metrics": eval_result.metrics,
         "params": count_parameters(trainer.model),
+        "method": method_report,
         "train": {
             "steps": state.global_step,
             "epochs": state.epoch,
@@ -164,7 +166,8 @@ def train(config: RunConfig, overwrite: bool = False) -> Path | None:
 
         model = trainer.model
         eval_result = run_evaluation(model, inputs)
-        metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s)
+        method_report = setup.report() if setup.report else {}
+        metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s, method_report)
         run_dir = start_run_folder(final_dir)
         model.save_pretrained(run_dir)
         inputs.tokenizer.save_pretrained(run_dir)

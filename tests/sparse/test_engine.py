@@ -233,3 +233,5 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
     recorded, measured = evaluate_run(run)  # reloads as plain LoRA, evaluates dense
     assert measured["accuracy"] == pytest.approx(recorded["accuracy"])
     assert (tmp_path / "svd.safetensors").is_file()
+    method = json.loads((run / "metrics.json").read_text())["method"]
+    assert method["ffn_kept_fraction"] == pytest.approx(0.5) and method["sparse_from_step"] == 1

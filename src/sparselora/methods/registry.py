@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -43,6 +43,8 @@ class MethodSetup:
 
     model: nn.Module
     callbacks: list[TrainerCallback] = field(default_factory=list)
+    # method-specific measurements for metrics.json (e.g. SparseLoRA's kept FFN fraction)
+    report: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
     sparse_config = SparseLoRAConfig(**{key: getattr(options, key) for key in SparseLoRAConfig.model_fields})
     engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
-    return MethodSetup(model=peft_model, callbacks=[engine.callback()])
+    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
 
 
 register(

@@ -62,6 +62,18 @@ class SparseLoRAEngine:
     def callback(self) -> TrainerCallback:
         return SparseLoRACallback(self)
 
+    def report(self) -> dict:
+        """What metrics.json records for a SparseLoRA run."""
+        return {
+            "ffn_kept_fraction": self.kept_fraction(),
+            "ffn_sparsity_per_layer": [layer.sparsity for layer in self.layers],
+            "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.layers],
+            "sparse_from_step": self.sparse_from_step,
+            "svd_rank": self.config.svd_rank,
+            "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
+            "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
+        }
+
     def kept_fraction(self) -> float:
         """Share of FFN channels computed, averaged over layers (1.0 = dense)."""
         return sum(1 - layer.sparsity for layer in self.layers) / max(len(self.layers), 1)
