@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,55 @@ def test_svd_build_caches_and_reports(tiny_llama_dir, tmp_path):
     assert "loaded from cache" in second.output
     too_big = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "64", "--out", str(tmp_path / "x.st")])
     assert too_big.exit_code == 2 and "between 1 and" in too_big.output
+
+
+def _sparse_config(tmp_path, model_dir, **extra):
+    return _yaml(
+        tmp_path,
+        tiny_run(
+            model_dir,
+            tmp_path / "runs",
+            method="sparselora",
+            ffn_sparsity=0.5,
+            attn_sparsity=0.5,
+            svd_rank=4,
+            calibration_steps=1,
+            svd_cache=str(tmp_path / "svd.safetensors"),
+            **extra,
+        ),
+    )
+
+
+def test_sparse_recall_prints_every_layer(tiny_llama_dir, data_env, tmp_path):
+    result = runner.invoke(app, ["sparse", "recall", str(_sparse_config(tmp_path, tiny_llama_dir)), "--batches", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if " ffn " in line or " attn." in line]
+    assert len(rows) == 2 * 3  # 2 layers x (ffn, attn.qk, attn.v)
+
+
+def test_calibrate_writes_a_layer_sparsity_map_meeting_the_target(tiny_bert_dir, data_env, tmp_path):
+    import yaml
+
+    out = tmp_path / "layers.yaml"
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            str(_sparse_config(tmp_path, tiny_bert_dir)),
+            "--target",
+            "0.3",
+            "--batches",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    chosen = yaml.safe_load(out.read_text())["layer_sparsity"]
+    assert set(chosen) == {"layers.0.mlp", "layers.1.mlp", "layers.0.attn", "layers.1.attn"}
+    reduction = float(re.search(r"projections: ([0-9.]+)", result.output).group(1))
+    assert reduction >= 0.3
+    # the map is valid input for a sparselora run
+    from sparselora.config import build_config
+
+    build_config({"method": "sparselora", "layer_sparsity": chosen})

@@ -140,6 +140,80 @@ def svd_build(
     console.print(f"{len(factors)} factor pairs, rank {rank}, {verb}: {path} ({stats['megabytes']:.2f} MB)")
 
 
+sparse_app = typer.Typer(help="Inspect the SparseLoRA predictor.", no_args_is_help=True)
+app.add_typer(sparse_app, name="sparse")
+
+
+@sparse_app.command("recall")
+def sparse_recall(
+    config: Annotated[Path, typer.Argument(help="A sparselora run config (model, task, sparsity).")],
+    set_: SetOption = None,
+    batches: Annotated[int, typer.Option(help="Real training batches to measure on.")] = 4,
+) -> None:
+    """Per layer: share of the oracle top-k channels the SVD predictor picks (random = kept/width)."""
+    from sparselora.analysis import open_session
+    from sparselora.config import load_config
+    from sparselora.sparse.recall import measure_recall
+
+    try:
+        session = open_session(load_config(config, [*(set_ or []), "progress=false"]), batches)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=f"predictor recall of the oracle top-k ({batches} batches)")
+    for column in ("layer", "part", "kept / width", "recall", "random", "outliers kept"):
+        table.add_column(column, justify="right")
+    for row in measure_recall(session.model, session.engine, session.batches):
+        table.add_row(
+            str(row.layer),
+            row.part,
+            f"{row.kept}/{row.width}",
+            f"{row.recall:.3f}",
+            f"{row.random:.3f}",
+            str(row.outliers),
+        )
+    console.print(table)
+
+
+@app.command()
+def calibrate(
+    config: Annotated[
+        Path, typer.Argument(help="A sparselora run config; set attn_sparsity > 0 to include attention.")
+    ],
+    target: Annotated[float, typer.Option(help="Share of the sparsifiable projections' FLOPs to remove.")] = 0.4,
+    set_: SetOption = None,
+    batches: Annotated[int, typer.Option(help="Calibration batches from the training split.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Write the layer_sparsity map (YAML) here.")] = None,
+) -> None:
+    """Measure per-layer sensitivity and write the layer_sparsity map that meets a FLOPs target."""
+    import yaml
+
+    from sparselora.analysis import open_session
+    from sparselora.config import load_config
+    from sparselora.sparse.calibrate import calibrate as run_calibration
+
+    try:
+        session = open_session(load_config(config, [*(set_ or []), "progress=false"]), batches)
+        result = run_calibration(session.model, session.engine, session.batches, target)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=f"sensitivity: relative error of the final hidden states ({batches} batches)")
+    levels = sorted({level for _, _, level in result.damage})
+    for column in ("block", *[f"s={lvl:g}" for lvl in levels], "chosen"):
+        table.add_column(column, justify="right")
+    for block in result.blocks:
+        key = f"layers.{block.layer}.{block.part}"
+        errors = [f"{result.damage[(block.layer, block.part, lvl)]:.4f}" for lvl in levels]
+        table.add_row(key, *errors, f"{result.layer_sparsity[key]:g}")
+    console.print(table)
+    text = yaml.safe_dump({"layer_sparsity": result.layer_sparsity}, sort_keys=False)
+    console.print(
+        f"FLOPs reduction of the sparsifiable projections: {result.flops_reduction:.3f}\n{text}", soft_wrap=True
+    )
+    if out is not None:
+        out.write_text(text)
+        console.print(f"written to {out}")
+
+
 @app.command()
 def methods() -> None:
     """List the registered fine-tuning methods."""

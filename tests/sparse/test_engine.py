@@ -1,6 +1,7 @@
 """SparseLoRA FFN engine: exactness at sparsity 0, real FLOPs savings, schedule, errors."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
 
-from sparselora.sparse.config import SparseLoRAConfig, ffn_schedule
+from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.engine import apply_sparselora
 from sparselora.sparse.svd import SVDCacheError, low_rank
 
@@ -26,15 +27,30 @@ CONFIGS = {
         pad_token_id=0,
     ),
 }
+# Wider models for FLOPs checks: a rank-2 estimator is then ~3% of a 128-wide projection, as at real sizes.
+WIDE = {
+    "bert": BertConfig(
+        vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
+    ),
+    "llama": LlamaConfig(
+        vocab_size=100,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        pad_token_id=0,
+    ),
+}
 TARGETS = {
     "bert": ["query", "value", "intermediate.dense", "output.dense"],
     "llama": ["q_proj", "v_proj", "up_proj", "gate_proj", "down_proj"],
 }
 
 
-def _peft_model(family: str, seed: int = 0, targets: list[str] | None = None):
+def _peft_model(family: str, seed: int = 0, targets: list[str] | None = None, wide: bool = False):
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(CONFIGS[family])
+    model = AutoModelForSequenceClassification.from_config((WIDE if wide else CONFIGS)[family])
     lora = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets or TARGETS[family], task_type="SEQ_CLS"
     )
@@ -98,7 +114,7 @@ def _ffn_flops(model, batch, family):
 @pytest.mark.parametrize("sparsity", [0.5, 0.75])
 def test_ffn_flops_drop_by_the_sparsity(family, sparsity, tmp_path):
     # LoRA on attention only: the FFN FLOPs are then the frozen projections plus the estimator.
-    dense = _peft_model(family, targets=TARGETS[family][:2])
+    dense = _peft_model(family, targets=TARGETS[family][:2], wide=True)
     sparse = copy.deepcopy(dense)
     engine = apply_sparselora(
         sparse,
@@ -109,9 +125,9 @@ def test_ffn_flops_drop_by_the_sparsity(family, sparsity, tmp_path):
     dense.train(), sparse.train()
     flops_dense = _ffn_flops(dense, _batch(), family)
     flops_sparse = _ffn_flops(sparse, _batch(), family)
-    # forward and input-gradient matmuls shrink to the kept fraction; the rank-4 estimator adds ~4-5% here
+    # forward and input-gradient matmuls shrink to the kept fraction; the rank-2 estimator adds ~1-2%
     ratio = flops_sparse / flops_dense
-    assert 1 - sparsity < ratio < 1 - sparsity + 0.07
+    assert 1 - sparsity < ratio < 1 - sparsity + 0.03
 
 
 def test_eval_runs_dense_and_warmup_schedule(tmp_path):
@@ -180,15 +196,16 @@ def test_detach_restores_dense_forwards(tmp_path):
 
 def test_layer_schedule_forms_and_errors():
     config = SparseLoRAConfig(ffn_sparsity=0.5, layer_sparsity={"layer.0": 0.0, "layers.1.mlp": 0.9})
-    assert ffn_schedule(config, 3) == [0.0, 0.9, 0.5]
+    assert layer_schedule(config, 3, "mlp") == [0.0, 0.9, 0.5]
     with pytest.raises(ValueError, match="no layer 7"):
-        ffn_schedule(SparseLoRAConfig(layer_sparsity={"layer.7": 0.5}), 6)
+        layer_schedule(SparseLoRAConfig(layer_sparsity={"layer.7": 0.5}), 6, "mlp")
     with pytest.raises(ValueError, match=r"layer\.N"):
         SparseLoRAConfig(layer_sparsity={"block3": 0.5})
     with pytest.raises(ValueError):
         SparseLoRAConfig(ffn_sparsity=1.0)
-    with pytest.raises(ValueError, match="not implemented"):
-        SparseLoRAConfig(attn_sparsity=0.3)
+    both = SparseLoRAConfig(attn_sparsity=0.3, layer_sparsity={"layers.1.attn": 0.0, "layers.0.mlp": 0.2})
+    assert layer_schedule(both, 2, "attn") == [0.3, 0.0]
+    assert layer_schedule(both, 2, "mlp") == [0.2, 0.5]
 
 
 def test_svd_rank_and_stale_cache_errors(tmp_path):
@@ -235,3 +252,49 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
     assert (tmp_path / "svd.safetensors").is_file()
     method = json.loads((run / "metrics.json").read_text())["method"]
     assert method["ffn_kept_fraction"] == pytest.approx(0.5) and method["sparse_from_step"] == 1
+
+
+def _attention_flops(model, batch, family):
+    """Forward FLOPs inside each layer's attention block (projections, estimator, score matmuls).
+
+    Forward only: FlopCounterMode's per-module attribution of backward matmuls is not reliable for
+    blocks that call F.linear directly; whole-step FLOPs are compared in the speed benchmark.
+    """
+    pattern = re.compile(r"layer\.\d+\.attention$" if family == "bert" else r"layers\.\d+\.self_attn$")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(**batch)
+    return sum(sum(counts.values()) for name, counts in counter.get_flop_counts().items() if pattern.search(name))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_attention_flops_drop_by_the_sparsity(family, tmp_path):
+    dense = _peft_model(family, targets=["intermediate.dense"] if family == "bert" else ["up_proj"], wide=True)
+    sparse = copy.deepcopy(dense)
+    config = SparseLoRAConfig(
+        ffn_sparsity=0.0, attn_sparsity=0.5, svd_rank=2, svd_cache=str(tmp_path / "f.safetensors")
+    )
+    engine = apply_sparselora(sparse, config, progress=False)
+    engine.start_sparse_now()
+    dense.train(), sparse.train()
+    ratio = _attention_flops(sparse, _batch(), family) / _attention_flops(dense, _batch(), family)
+    # every projection matmul scales with the kept channels; the rank-2 Q/K/V estimator adds ~3-5%
+    assert 0.5 < ratio < 0.56
+    assert engine.attention[0].selection.qk.shape == (WIDE[family].num_key_value_heads if family == "llama" else 4, 16)
+
+
+def test_rotary_pairs_and_gqa_groups_are_respected(tmp_path):
+    model = _peft_model("llama")
+    config = SparseLoRAConfig(
+        ffn_sparsity=0.0, attn_sparsity=0.5, svd_rank=4, svd_cache=str(tmp_path / "f.safetensors")
+    )
+    engine = apply_sparselora(model, config, progress=False)
+    engine.start_sparse_now()
+    model.train()
+    model(**_batch())
+    selection = engine.attention[0].selection
+    half = 4  # head_dim 8
+    assert torch.equal(selection.qk[:, half // 2 :], selection.qk[:, : half // 2] + half)  # (i, i + d/2) pairs
+    # query heads 0,1 share kv head 0; heads 2,3 share kv head 1: same Q/K channels within a group
+    q_channels = selection.q_rows.view(4, -1) % 8
+    assert torch.equal(q_channels[0], q_channels[1]) and torch.equal(q_channels[2], q_channels[3])
+    assert torch.equal(q_channels[0], selection.qk[0]) and torch.equal(q_channels[2], selection.qk[1])

@@ -52,13 +52,6 @@ class SparseLoRAConfig(BaseModel):
         False, description="Also run evaluation sparse (default: evaluation and inference are dense)."
     )
 
-    @field_validator("attn_sparsity")
-    @classmethod
-    def _attention_not_yet(cls, value: float) -> float:
-        if value > 0:
-            raise ValueError("attention sparsity is not implemented yet; set attn_sparsity: 0 (FFN sparsity works)")
-        return value
-
     @field_validator("layer_sparsity")
     @classmethod
     def _valid_layer_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
@@ -67,15 +60,16 @@ class SparseLoRAConfig(BaseModel):
                 raise ValueError(f"key '{key}' must look like 'layer.N', 'layers.N.mlp' or 'layers.N.attn'")
             if not 0 <= sparsity < 1:
                 raise ValueError(f"'{key}': sparsity must be in [0, 1), got {sparsity}")
-            part = _PART_FORM.match(key)
-            if part and part.group(2) == "attn" and sparsity > 0:
-                raise ValueError(f"'{key}': attention sparsity is not implemented yet (use 0)")
         return value
 
 
-def ffn_schedule(config: SparseLoRAConfig, num_layers: int) -> list[Sparsity]:
-    """FFN sparsity of every layer; layer names beyond the model are an error."""
-    schedule = [config.ffn_sparsity] * num_layers
+def layer_schedule(config: SparseLoRAConfig, num_layers: int, part: str) -> list[Sparsity]:
+    """Sparsity of every layer for ``part`` ('mlp' or 'attn'); layer names beyond the model are an error.
+
+    The seeds' ``layer.N`` keys set the FFN (mlp) sparsity, as in the seeds' configs.
+    """
+    default = config.ffn_sparsity if part == "mlp" else config.attn_sparsity
+    schedule = [default] * num_layers
     for key, sparsity in (config.layer_sparsity or {}).items():
         match = _SEED_FORM.match(key) or _PART_FORM.match(key)
         assert match is not None  # validated above
@@ -84,6 +78,7 @@ def ffn_schedule(config: SparseLoRAConfig, num_layers: int) -> list[Sparsity]:
             raise ValueError(
                 f"layer_sparsity key '{key}': this model has layers 0..{num_layers - 1}, there is no layer {layer}"
             )
-        if match.re is _SEED_FORM or match.group(2) == "mlp":
+        key_part = "mlp" if match.re is _SEED_FORM else match.group(2)
+        if key_part == part:
             schedule[layer] = sparsity
     return schedule

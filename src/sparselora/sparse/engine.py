@@ -13,31 +13,38 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import PretrainedConfig, TrainerCallback
 
-from sparselora.models import get_arch, iter_projections, num_layers
-from sparselora.sparse.config import SparseLoRAConfig, ffn_schedule
+from sparselora.models import ArchSpec, get_arch, iter_projections, num_layers
+from sparselora.sparse.attention import SparseAttention
+from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
-from sparselora.sparse.svd import default_cache_path, factor_for, get_factors
+from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors
 
 
 @dataclass
 class SparseLoRAEngine:
-    """All sparsified layers of one model, and the step-wise schedule (calibrate → warm-up → sparse)."""
+    """All sparsified blocks of one model, and the step-wise schedule (calibrate → warm-up → sparse)."""
 
     config: SparseLoRAConfig
-    layers: list[SparseFFN]
+    ffn: list[SparseFFN]
+    attention: list[SparseAttention] = field(default_factory=list)
     svd_stats: dict[str, float] = field(default_factory=dict)
     step: int = 0
     sparse_from_step: int = 0
     calibrating: bool = True
     enabled: bool = True
 
-    def sparse_now(self, layer: SparseFFN) -> bool:
-        if not self.enabled or self.calibrating or layer.sparsity == 0.0:
+    @property
+    def layers(self) -> list[SparseFFN]:
+        return self.ffn
+
+    def sparse_now(self, sparsity: float, training: bool) -> bool:
+        if not self.enabled or self.calibrating or sparsity == 0.0:
             return False
-        if not layer.block.training and not self.config.sparse_eval:
+        if not training and not self.config.sparse_eval:
             return False  # evaluation and inference run dense unless asked
         return self.step >= self.sparse_from_step
 
@@ -47,36 +54,50 @@ class SparseLoRAEngine:
         warmup = math.ceil(self.config.sparse_warmup_ratio * max_steps) if max_steps > 0 else 0
         self.sparse_from_step = max(self.config.calibration_steps, warmup)
         if self.calibrating and step >= self.config.calibration_steps:
-            for layer in self.layers:
+            for layer in self.ffn:
                 layer.fix_outliers(self.config.outlier_factor, self.config.max_outlier_fraction)
             self.calibrating = False
+
+    @torch.no_grad()
+    def calibrate_outliers(self, model: nn.Module, batches: list[dict]) -> None:
+        """Outside a Trainer: run ``batches`` dense (train mode, no grad) and fix the outlier channels."""
+        self.calibrating = True
+        was_training = model.training
+        model.train()
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+        for layer in self.ffn:
+            layer.fix_outliers(self.config.outlier_factor, self.config.max_outlier_fraction)
+        self.calibrating = False
+        model.train(was_training)
 
     def start_sparse_now(self) -> None:
         """Skip calibration and warm-up (benchmarks, tests): sparse from the next forward."""
         self.calibrating, self.sparse_from_step = False, 0
 
     def detach(self) -> None:
-        for layer in self.layers:
-            layer.detach()
+        for block in [*self.ffn, *self.attention]:
+            block.detach()
 
     def callback(self) -> TrainerCallback:
         return SparseLoRACallback(self)
+
+    def kept_fraction(self) -> float:
+        """Share of FFN channels computed, averaged over layers (1.0 = dense)."""
+        return sum(1 - layer.sparsity for layer in self.ffn) / max(len(self.ffn), 1)
 
     def report(self) -> dict:
         """What metrics.json records for a SparseLoRA run."""
         return {
             "ffn_kept_fraction": self.kept_fraction(),
-            "ffn_sparsity_per_layer": [layer.sparsity for layer in self.layers],
-            "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.layers],
+            "ffn_sparsity_per_layer": [layer.sparsity for layer in self.ffn],
+            "attn_sparsity_per_layer": [block.sparsity for block in self.attention] or [0.0] * len(self.ffn),
+            "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.ffn],
             "sparse_from_step": self.sparse_from_step,
             "svd_rank": self.config.svd_rank,
             "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
             "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
         }
-
-    def kept_fraction(self) -> float:
-        """Share of FFN channels computed, averaged over layers (1.0 = dense)."""
-        return sum(1 - layer.sparsity for layer in self.layers) / max(len(self.layers), 1)
 
 
 class SparseLoRACallback(TrainerCallback):
@@ -89,43 +110,85 @@ class SparseLoRACallback(TrainerCallback):
         self.engine.begin_step(state.global_step, state.max_steps)
 
 
+def _model_config(model: nn.Module) -> PretrainedConfig:
+    return getattr(model, "config", None) or model.get_base_model().config
+
+
 def apply_sparselora(
     model: nn.Module, config: SparseLoRAConfig, model_name: str | None = None, progress: bool = True
 ) -> SparseLoRAEngine:
-    """Attach contextual FFN sparsity to a (PEFT-wrapped) model. LoRA adapters are untouched."""
-    base_config = getattr(model, "config", None) or model.get_base_model().config
+    """Attach contextual FFN and attention sparsity to a (PEFT-wrapped) model. LoRA adapters are untouched."""
+    base_config = _model_config(model)
     spec = get_arch(base_config.model_type)
+    if spec.conv1d:
+        raise NotImplementedError(f"SparseLoRA does not support {spec.family} yet (Conv1D projections)")
     layers_count = num_layers(model, spec)
-    schedule = ffn_schedule(config, layers_count)
+    ffn_sparsity = layer_schedule(config, layers_count, "mlp")
+    attn_sparsity = layer_schedule(config, layers_count, "attn")
     name = model_name or base_config.name_or_path or base_config.model_type
     cache = Path(config.svd_cache) if config.svd_cache else default_cache_path(name, config.svd_rank)
     factors, stats = get_factors(model, spec, config.svd_rank, cache, progress=progress)
-    if spec.conv1d:
-        raise NotImplementedError(f"SparseLoRA does not support {spec.family} yet (Conv1D projections)")
     modules = dict(model.named_modules())
-    by_layer: dict[int, dict[str, str]] = {}
+    names: dict[int, dict[str, str]] = {}
     for proj in iter_projections(model, spec):
-        by_layer.setdefault(proj.layer, {})[proj.role] = proj.name
-    swiglu = spec.ffn == "swiglu"
-    layers = []
-    for index in range(layers_count):
-        names = by_layer[index]
-        layers.append(
-            SparseFFN(
-                layer=index,
-                # the FFN block is the parent of the up projection (BertIntermediate, LlamaMLP, ...)
-                block=modules[names["up"].rsplit(".", 1)[0]],
-                up=modules[names["up"]],
-                down=modules[names["down"]],
-                gate=modules[names["gate"]] if swiglu else None,
-                activation=activation_of(base_config, spec.activation_attr),
-                up_estimator=factor_for(factors, index, "up"),
-                gate_estimator=factor_for(factors, index, "gate") if swiglu else None,
-                sparsity=schedule[index],
-                estimator_tokens=config.estimator_tokens,
-            )
-        )
-    engine = SparseLoRAEngine(config=config, layers=layers, svd_stats=stats)
-    for layer in layers:
-        layer.attach(engine)
+        names.setdefault(proj.layer, {})[proj.role] = proj.name
+    engine = SparseLoRAEngine(
+        config=config,
+        ffn=[
+            _ffn_block(modules, names[i], spec, base_config, factors, i, ffn_sparsity[i], config)
+            for i in range(layers_count)
+        ],
+        attention=[
+            _attention_block(modules, names[i], spec, base_config, factors, i, attn_sparsity[i], config)
+            for i in range(layers_count)
+            if attn_sparsity[i] > 0
+        ],
+        svd_stats=stats,
+    )
+    for block in [*engine.ffn, *engine.attention]:
+        block.attach(engine)
     return engine
+
+
+def _parent(modules: dict[str, nn.Module], name: str) -> nn.Module:
+    return modules[name.rsplit(".", 1)[0]]
+
+
+def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, LowRank], layer, sparsity, config):
+    swiglu = spec.ffn == "swiglu"
+    return SparseFFN(
+        layer=layer,
+        block=_parent(modules, names["up"]),  # BertIntermediate, LlamaMLP, ...: receives the FFN input
+        up=modules[names["up"]],
+        down=modules[names["down"]],
+        gate=modules[names["gate"]] if swiglu else None,
+        activation=activation_of(base_config, spec.activation_attr),
+        up_estimator=factor_for(factors, layer, "up"),
+        gate_estimator=factor_for(factors, layer, "gate") if swiglu else None,
+        sparsity=sparsity,
+        estimator_tokens=config.estimator_tokens,
+    )
+
+
+def _attention_block(modules, names, spec: ArchSpec, base_config, factors, layer, sparsity, config):
+    if spec.family not in ("bert", "roberta", "llama"):
+        raise NotImplementedError(
+            f"attention sparsity is implemented for BERT/RoBERTa and LLaMA-family models, not {spec.family}; "
+            "set attn_sparsity: 0"
+        )
+    heads = base_config.num_attention_heads
+    return SparseAttention(
+        layer=layer,
+        module=_parent(modules, names["q"]),  # BertSelfAttention, LlamaAttention, ...
+        q=modules[names["q"]],
+        k=modules[names["k"]],
+        v=modules[names["v"]],
+        o=modules[names["o"]],
+        heads=heads,
+        kv_heads=getattr(base_config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(base_config, "head_dim", None) or base_config.hidden_size // heads,
+        rotary=spec.kind == "decoder",
+        estimators={role: factor_for(factors, layer, role) for role in ("q", "k", "v")},
+        sparsity=sparsity,
+        estimator_tokens=config.estimator_tokens,
+    )

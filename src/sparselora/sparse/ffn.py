@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 from sparselora.sparse.svd import LowRank
 
 
-def _linear_parts(module: nn.Module) -> tuple[nn.Linear, list[tuple[torch.Tensor, torch.Tensor, float, nn.Module]]]:
+def linear_parts(module: nn.Module) -> tuple[nn.Linear, list[tuple[torch.Tensor, torch.Tensor, float, nn.Module]]]:
     """The frozen base linear and its active LoRA branches (A weight, B weight, scale, dropout)."""
     base = getattr(module, "base_layer", None)
     if base is None:
@@ -44,7 +44,7 @@ def _linear_parts(module: nn.Module) -> tuple[nn.Linear, list[tuple[torch.Tensor
 
 def rows_forward(module: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Output channels ``keep`` only: ``x @ W[keep].T (+ b[keep]) + LoRA(x)[keep]``."""
-    base, branches = _linear_parts(module)
+    base, branches = linear_parts(module)
     bias = base.bias.index_select(0, keep) if base.bias is not None else None
     out = F.linear(x, base.weight.index_select(0, keep), bias)
     for a, b, scale, dropout in branches:
@@ -57,7 +57,7 @@ def columns_forward(module: nn.Module, h: torch.Tensor, keep: torch.Tensor, weig
 
     ``weight_t`` is Wᵀ kept contiguous so that selecting columns is a fast row gather.
     """
-    base, branches = _linear_parts(module)
+    base, branches = linear_parts(module)
     out = F.linear(h, weight_t.index_select(0, keep).T, base.bias)
     for a, b, scale, dropout in branches:
         out = out + F.linear(F.linear(dropout(h), a.index_select(1, keep)), b) * scale
@@ -86,7 +86,7 @@ class SparseFFN:
 
     @property
     def width(self) -> int:
-        return _linear_parts(self.up)[0].weight.shape[0]
+        return linear_parts(self.up)[0].weight.shape[0]
 
     @property
     def num_kept(self) -> int:
@@ -103,7 +103,7 @@ class SparseFFN:
         flat = x.reshape(-1, x.shape[-1])
         stride = max(1, flat.shape[0] // self.estimator_tokens)
         flat = flat[::stride]
-        up_bias = _linear_parts(self.up)[0].bias
+        up_bias = linear_parts(self.up)[0].bias
         up = flat @ self.up_estimator.a.to(flat.dtype) @ self.up_estimator.b.to(flat.dtype)
         if up_bias is not None:
             up = up + up_bias
@@ -130,7 +130,7 @@ class SparseFFN:
         """Channels whose contribution ‖h_c‖·‖W_down[:, c]‖ dwarfs the median's are always kept."""
         if self.channel_sq_sums is None:
             return
-        contribution = self.channel_sq_sums.sqrt() * _linear_parts(self.down)[0].weight.float().norm(dim=0)
+        contribution = self.channel_sq_sums.sqrt() * linear_parts(self.down)[0].weight.float().norm(dim=0)
         candidates = torch.nonzero(contribution > factor * contribution.median()).flatten()
         limit = int(max_fraction * self.width)
         order = contribution[candidates].argsort(descending=True)[:limit]
@@ -140,11 +140,11 @@ class SparseFFN:
     # wiring -----------------------------------------------------------------------------------
     def attach(self, engine) -> None:
         """Install the selection hook and the sparse forwards on this layer's module instances."""
-        self._down_weight_t = _linear_parts(self.down)[0].weight.detach().T.contiguous()
+        self._down_weight_t = linear_parts(self.down)[0].weight.detach().T.contiguous()
 
         def choose(_module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            self.keep = self.select(x) if engine.sparse_now(self) else None
+            self.keep = self.select(x) if engine.sparse_now(self.sparsity, self.block.training) else None
 
         def calibrate(_module, args):
             if engine.calibrating and self.block.training:

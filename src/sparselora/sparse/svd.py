@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from sparselora.models import ArchSpec, iter_projections
 from sparselora.models.loading import cache_dir
 
-SELECTABLE_ROLES = ("up", "gate")  # FFN projections whose output channels are selected
+SELECTABLE_ROLES = ("up", "gate", "q", "k", "v")  # projections whose output channels are selected
+_IDENTITY_ROLES = ("up", "gate")  # the weights the cache fingerprint is computed from
 
 
 class SVDCacheError(ValueError):
@@ -56,7 +57,7 @@ def fingerprint(model: nn.Module, spec: ArchSpec) -> str:
     """A short hash of every selectable weight's shape and a few values: detects a stale cache."""
     digest = hashlib.sha256()
     for proj in iter_projections(model, spec):
-        if proj.role in SELECTABLE_ROLES:
+        if proj.role in _IDENTITY_ROLES:
             weight = base_weight(proj.module).detach()
             digest.update(f"{proj.layer}.{proj.role}{tuple(weight.shape)}".encode())
             digest.update(weight.flatten()[:: max(1, weight.numel() // 64)].float().numpy().tobytes())

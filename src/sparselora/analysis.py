@@ -1,0 +1,47 @@
+"""Set-up shared by the SparseLoRA analysis commands (`sparse recall`, `calibrate`).
+
+Loads a run config's model with SparseLoRA attached and takes real calibration batches from the
+task's training split, then calibrates the outlier channels exactly as training would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import set_seed
+
+from sparselora.config import RunConfig
+from sparselora.methods import BuildContext, get_method
+from sparselora.pipeline import load_inputs
+from sparselora.sparse.engine import SparseLoRAEngine
+
+
+@dataclass
+class SparseSession:
+    model: nn.Module
+    engine: SparseLoRAEngine
+    batches: list[dict]
+
+
+def open_session(config: RunConfig, num_batches: int) -> SparseSession:
+    if config.method != "sparselora":
+        raise ValueError(f"config key 'method' must be 'sparselora' for this command, got '{config.method}'")
+    set_seed(config.seed)
+    inputs = load_inputs(config)
+    base, new_modules = inputs.load_base_model()
+    context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
+    setup = get_method("sparselora").build(base, context)
+    engine: SparseLoRAEngine = setup.callbacks[0].engine
+    loader = DataLoader(
+        inputs.data.train,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=inputs.data.train_collator,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    batches = [batch for _, batch in zip(range(num_batches), loader, strict=False)]
+    engine.calibrate_outliers(setup.model, batches[: config.method_options.calibration_steps])
+    return SparseSession(model=setup.model, engine=engine, batches=batches)

@@ -1,0 +1,188 @@
+"""Contextual attention sparsity: per batch, compute only some channels of each head.
+
+Per layer and batch, the SVD estimator predicts Q, K and V for a sample of tokens. Q/K channels
+are scored by ‖Q_c‖·‖K_c‖ (summed over the query heads that share a key/value head under GQA),
+V/O channels by ‖V_c‖; each key/value head keeps its top-k of each. Then q/k/v multiply only the
+kept rows of their weights, attention runs on the reduced heads with the *original* softmax
+scale, and the output projection multiplies only the kept columns. With rotary embeddings,
+channels i and i + d/2 rotate together, so they are selected as pairs and the cos/sin tables are
+gathered for the kept pairs.
+
+The attention module's ``forward`` is replaced on the instance (restored by ``detach``); the
+attention kernel itself is the library's (``ALL_ATTENTION_FUNCTIONS``: sdpa or eager).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from sparselora.sparse.ffn import columns_forward, linear_parts, rows_forward
+from sparselora.sparse.svd import LowRank
+
+
+@dataclass
+class HeadSelection:
+    """Kept channels of one batch: per key/value head for Q/K and for V, and the weight rows/columns."""
+
+    qk: torch.Tensor  # (kv_heads, kept) channel indices within a head
+    v: torch.Tensor  # (kv_heads, kept)
+    q_rows: torch.Tensor
+    k_rows: torch.Tensor
+    v_rows: torch.Tensor
+    o_columns: torch.Tensor
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class SparseAttention:
+    layer: int
+    module: nn.Module  # BertSelfAttention, LlamaAttention, ...
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rotary: bool
+    estimators: dict[str, LowRank]
+    sparsity: float
+    estimator_tokens: int = 256
+    selection: HeadSelection | None = None
+    output_inside: bool = False
+    _handles: list = field(default_factory=list)
+    _o_weight_t: torch.Tensor | None = None
+
+    @property
+    def num_kept(self) -> int:
+        kept = max(1, math.ceil((1.0 - self.sparsity) * self.head_dim))
+        return kept + kept % 2 if self.rotary else kept  # rotary keeps (i, i + d/2) pairs
+
+    # selection ------------------------------------------------------------------------------
+    def _estimate(self, flat: torch.Tensor, role: str, heads: int) -> torch.Tensor:
+        factor = self.estimators[role]
+        bias = linear_parts(getattr(self, role))[0].bias
+        out = flat @ factor.a.to(flat.dtype) @ factor.b.to(flat.dtype)
+        if bias is not None:
+            out = out + bias
+        return out.view(flat.shape[0], heads, self.head_dim)
+
+    @torch.no_grad()
+    def select(self, x: torch.Tensor) -> HeadSelection:
+        flat = x.reshape(-1, x.shape[-1])
+        flat = flat[:: max(1, flat.shape[0] // self.estimator_tokens)]
+        group = self.heads // self.kv_heads
+        q_norm = self._estimate(flat, "q", self.heads).norm(dim=0).view(self.kv_heads, group, self.head_dim)
+        k_norm = self._estimate(flat, "k", self.kv_heads).norm(dim=0)
+        v_norm = self._estimate(flat, "v", self.kv_heads).norm(dim=0)
+        qk_score = (q_norm * k_norm.unsqueeze(1)).sum(1)  # (kv_heads, head_dim)
+        kept = self.num_kept
+        if self.rotary:
+            half = self.head_dim // 2
+            pairs = torch.topk(qk_score[:, :half] + qk_score[:, half:], kept // 2, dim=1).indices.sort(dim=1).values
+            qk = torch.cat((pairs, pairs + half), dim=1)  # keeps rotate_half's [first half | second half] layout
+        else:
+            qk = torch.topk(qk_score, kept, dim=1).indices.sort(dim=1).values
+        v = torch.topk(v_norm, kept, dim=1).indices.sort(dim=1).values
+        kv_offsets = (torch.arange(self.kv_heads, device=x.device) * self.head_dim).unsqueeze(1)
+        q_offsets = (torch.arange(self.heads, device=x.device) * self.head_dim).unsqueeze(1)
+        q_to_kv = torch.arange(self.heads, device=x.device) // group
+        return HeadSelection(
+            qk=qk,
+            v=v,
+            q_rows=(q_offsets + qk[q_to_kv]).flatten(),
+            k_rows=(kv_offsets + qk).flatten(),
+            v_rows=(kv_offsets + v).flatten(),
+            o_columns=(q_offsets + v[q_to_kv]).flatten(),
+        )
+
+    # execution --------------------------------------------------------------------------------
+    def _rope(self, states: torch.Tensor, channels: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of reduced heads: cos/sin gathered per head at the kept channels."""
+        cos_kept = cos[:, :, channels].permute(0, 2, 1, 3)  # (batch, heads, seq, kept)
+        sin_kept = sin[:, :, channels].permute(0, 2, 1, 3)
+        return states * cos_kept + _rotate_half(states) * sin_kept
+
+    def sparse_forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, **kwargs):
+        sel = self.selection
+        assert sel is not None
+        # Training forwards may carry an (unused) KV cache; a cache that generation will read must not
+        # receive reduced heads, and the kept channels change every batch anyway.
+        if kwargs.pop("past_key_values", None) is not None and not self.module.training:
+            raise NotImplementedError(
+                "sparse attention cannot fill a KV cache: run generation dense (sparse_eval: false)"
+            )
+        batch, seq = hidden_states.shape[:2]
+        kept = self.num_kept
+        q = rows_forward(self.q, hidden_states, sel.q_rows).view(batch, seq, self.heads, kept).transpose(1, 2)
+        k = rows_forward(self.k, hidden_states, sel.k_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
+        v = rows_forward(self.v, hidden_states, sel.v_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
+        if self.rotary:
+            cos, sin = position_embeddings
+            group = self.heads // self.kv_heads
+            q = self._rope(q, sel.qk.repeat_interleave(group, dim=0), cos, sin)
+            k = self._rope(k, sel.qk, cos, sin)
+        module = self.module
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager)
+        dropout = getattr(module, "attention_dropout", None)
+        if dropout is None:
+            dropout = module.dropout.p
+        out, weights = attention(
+            module,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=dropout if module.training else 0.0,
+            scaling=module.scaling,
+            **kwargs,
+        )
+        out = out.reshape(batch, seq, -1)
+        if self.output_inside:  # LLaMA applies o_proj inside attention; BERT's parent module does
+            out = self.o(out)
+        return out, weights
+
+    # wiring -----------------------------------------------------------------------------------
+    def attach(self, engine) -> None:
+        self.output_inside = any(sub is self.o for sub in self.module.modules())
+        self._o_weight_t = linear_parts(self.o)[0].weight.detach().T.contiguous()
+        dense_attention = type(self.module).forward.__get__(self.module)
+        dense_o = type(self.o).forward.__get__(self.o)
+
+        def choose(_module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.selection = self.select(x) if engine.sparse_now(self.sparsity, self.module.training) else None
+
+        def attention_forward(*args, **kwargs):
+            if self.selection is None:
+                return dense_attention(*args, **kwargs)
+            hidden_states = args[0] if args else kwargs.pop("hidden_states")
+            return self.sparse_forward(hidden_states, *args[1:], **kwargs)
+
+        def o_forward(h, *args, **kwargs):
+            if self.selection is None:
+                return dense_o(h, *args, **kwargs)
+            return columns_forward(self.o, h, self.selection.o_columns, self._o_weight_t)
+
+        self._handles = [self.module.register_forward_pre_hook(choose, with_kwargs=True)]
+        self.module.forward = attention_forward
+        self.o.forward = o_forward
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module in (self.module, self.o):
+            if "forward" in module.__dict__:
+                del module.forward
+        self._handles, self.selection, self._o_weight_t = [], None, None
