@@ -48,15 +48,15 @@ TARGETS = {
 }
 
 
-def _peft_model(family: str, seed: int = 0, targets: list[str] | None = None, wide: bool = False):
+def _peft_model(family: str, seed: int = 0, targets: list[str] | None = None, wide: bool = False, trained: bool = True):
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config((WIDE if wide else CONFIGS)[family])
     lora = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets or TARGETS[family], task_type="SEQ_CLS"
     )
     peft = get_peft_model(model, lora)
-    for name, param in peft.named_parameters():  # make LoRA B nonzero so the LoRA path matters
-        if "lora_B" in name:
+    for name, param in peft.named_parameters():  # "trained": LoRA B nonzero so the LoRA path matters
+        if trained and "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
     return peft
 
@@ -298,3 +298,64 @@ def test_rotary_pairs_and_gqa_groups_are_respected(tmp_path):
     q_channels = selection.q_rows.view(4, -1) % 8
     assert torch.equal(q_channels[0], q_channels[1]) and torch.equal(q_channels[2], q_channels[3])
     assert torch.equal(q_channels[0], selection.qk[0]) and torch.equal(q_channels[2], selection.qk[1])
+
+
+def test_cache_missing_some_roles_is_rebuilt(tmp_path):
+    from sparselora.models import get_arch
+    from sparselora.sparse.svd import build_factors, fingerprint, get_factors, save_factors
+
+    model = _peft_model("bert")
+    spec = get_arch("bert")
+    cache = tmp_path / "old.safetensors"
+    ffn_only = {k: v for k, v in build_factors(model, spec, 4, progress=False).items() if k.endswith((".up", ".gate"))}
+    save_factors(cache, ffn_only, fingerprint(model, spec), 4)
+    factors, stats = get_factors(model, spec, 4, cache, progress=False)
+    assert "layers.0.q" in factors and stats["cached"] == 0.0
+
+
+@pytest.mark.parametrize(("family", "high_rank", "floor"), [("bert", 31, 0.85), ("llama", 15, 0.6)])
+def test_recall_rises_with_rank_to_near_one(family, high_rank, floor, tmp_path):
+    """bert: rank 31 of 32 is an almost exact estimate → recall ≈ 1; llama's GQA k/v (32→16) cap the rank at 15."""
+    from sparselora.sparse.recall import measure_recall
+
+    batches = [_batch(seed) for seed in range(3)]
+    recalls = {}
+    for rank in (1, high_rank):
+        model = _peft_model(family, trained=False)  # the estimator sees frozen weights; fresh LoRA adds nothing yet
+        config = SparseLoRAConfig(
+            ffn_sparsity=0.5, attn_sparsity=0.5, svd_rank=rank, svd_cache=str(tmp_path / f"r{rank}.st")
+        )
+        engine = apply_sparselora(model, config, progress=False)
+        engine.calibrate_outliers(model, batches[:1])
+        recalls[rank] = measure_recall(model, engine, batches)
+    assert {row.part for row in recalls[high_rank]} == {"ffn", "attn.qk", "attn.v"}
+    assert min(row.recall for row in recalls[high_rank]) > floor
+    assert sum(row.recall for row in recalls[1]) < sum(row.recall for row in recalls[high_rank])
+
+
+def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    dense = get_peft_model(
+        AutoModelForCausalLM.from_config(CONFIGS["llama"]), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    sparse = copy.deepcopy(dense)
+    config = SparseLoRAConfig(ffn_sparsity=0.75, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    engine = apply_sparselora(sparse, config, progress=False)
+    engine.start_sparse_now()
+    batch = _batch()
+    labels = batch["input_ids"].clone()
+    labels[:, :7] = -100  # prompt: positions 0..5 predict prompt tokens; 6..10 predict answer tokens
+    outputs = {}
+    for name, model in (("dense", dense), ("sparse", sparse)):
+        mlp = model.base_model.model.model.layers[0].mlp
+        handle = mlp.register_forward_hook(lambda m, a, out, name=name: outputs.__setitem__(name, out))
+        model.train()
+        torch.manual_seed(1)
+        model(input_ids=batch["input_ids"], labels=labels)
+        handle.remove()
+    output_positions = engine.output_token_mask
+    assert output_positions[:, 6:11].all() and not output_positions[:, :6].any()
+    torch.testing.assert_close(outputs["sparse"][output_positions], outputs["dense"][output_positions])
+    assert not torch.allclose(outputs["sparse"][~output_positions], outputs["dense"][~output_positions])

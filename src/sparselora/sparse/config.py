@@ -45,6 +45,10 @@ class SparseLoRAConfig(BaseModel):
         gt=0,
         description="Score channels on at most this many evenly spaced tokens of the batch (bounds estimator cost).",
     )
+    dense_output_tokens: bool = Field(
+        True,
+        description="Decoders: compute the FFN of output tokens (next label != -100) dense, context tokens sparse.",
+    )
     svd_cache: str | None = Field(
         None, description="SVD factor cache file; default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors."
     )

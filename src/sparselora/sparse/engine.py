@@ -36,6 +36,8 @@ class SparseLoRAEngine:
     sparse_from_step: int = 0
     calibrating: bool = True
     enabled: bool = True
+    output_token_mask: torch.Tensor | None = None  # (batch, seq): positions whose next token is a label
+    _model_hook: object = None
 
     @property
     def layers(self) -> list[SparseFFN]:
@@ -75,9 +77,21 @@ class SparseLoRAEngine:
         """Skip calibration and warm-up (benchmarks, tests): sparse from the next forward."""
         self.calibrating, self.sparse_from_step = False, 0
 
+    def capture_output_tokens(self, _module, args, kwargs) -> None:
+        """Model pre-hook: position t is an output token when labels[t + 1] is trained (causal LM shift)."""
+        labels = kwargs.get("labels")
+        if labels is None or labels.dim() != 2:
+            self.output_token_mask = None
+            return
+        mask = torch.zeros_like(labels, dtype=torch.bool)
+        mask[:, :-1] = labels[:, 1:] != -100
+        self.output_token_mask = mask
+
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:
             block.detach()
+        if self._model_hook is not None:
+            self._model_hook.remove()
 
     def callback(self) -> TrainerCallback:
         return SparseLoRACallback(self)
@@ -147,6 +161,8 @@ def apply_sparselora(
     )
     for block in [*engine.ffn, *engine.attention]:
         block.attach(engine)
+    if spec.kind == "decoder" and config.dense_output_tokens:
+        engine._model_hook = model.register_forward_pre_hook(engine.capture_output_tokens, with_kwargs=True)
     return engine
 
 

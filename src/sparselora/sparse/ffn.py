@@ -158,11 +158,13 @@ class SparseFFN:
             if projection is not None:
                 projection.forward = self._rows_forward_for(projection)
         self.down.forward = self._columns_forward_for(self.down)
+        if engine.config.dense_output_tokens and self.gate is not None:
+            self.block.forward = self._token_split_forward_for(self.block, engine)
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for module in (self.up, self.gate, self.down):
+        for module in (self.up, self.gate, self.down, self.block):
             if module is not None and "forward" in module.__dict__:
                 del module.forward
         self._handles, self.keep, self._down_weight_t = [], None, None
@@ -172,6 +174,29 @@ class SparseFFN:
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             return dense(x, *args, **kwargs) if self.keep is None else rows_forward(module, x, self.keep)
+
+        return forward
+
+    def _token_split_forward_for(self, block: nn.Module, engine):
+        """Decoder FFN: tokens whose next label is trained (output tokens) dense, context tokens sparse.
+
+        The FFN is position-wise, so the two token sets can run separately; the projections read
+        ``self.keep`` at call time, so clearing it for the output tokens makes them dense.
+        """
+        whole = type(block).forward.__get__(block)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            dense_tokens = engine.output_token_mask
+            if self.keep is None or dense_tokens is None or dense_tokens.shape != x.shape[:-1]:
+                return whole(x)
+            keep = self.keep
+            self.keep = None
+            dense_out = whole(x[dense_tokens])
+            self.keep = keep
+            sparse_out = whole(x[~dense_tokens])
+            out = x.new_empty((*x.shape[:-1], dense_out.shape[-1]))
+            out[dense_tokens], out[~dense_tokens] = dense_out, sparse_out
+            return out
 
         return forward
 

@@ -111,11 +111,10 @@ def get_factors(
     """Load cached factors or build and cache them. Returns (factors, {'seconds', 'megabytes', 'cached'})."""
     print_ = fingerprint(model, spec)
     if path is not None and path.is_file() and not force:
-        return load_factors(path, print_, rank), {
-            "seconds": 0.0,
-            "megabytes": path.stat().st_size / 2**20,
-            "cached": 1.0,
-        }
+        factors = load_factors(path, print_, rank)
+        wanted = {_key(p.layer, p.role) for p in iter_projections(model, spec) if p.role in SELECTABLE_ROLES}
+        if wanted <= set(factors):  # else: same model, a cache from before some roles were selectable
+            return factors, {"seconds": 0.0, "megabytes": path.stat().st_size / 2**20, "cached": 1.0}
     start = time.perf_counter()
     factors = build_factors(model, spec, rank, progress)
     seconds = time.perf_counter() - start
