@@ -97,7 +97,6 @@ def main() -> None:
     sparse = sparse_setup.model
     engine: SparseLoRAEngine = sparse_setup.callbacks[0].engine
     sparse.load_state_dict(dense.state_dict())  # identical LoRA init and head: only the computation differs
-    engine.start_sparse_now()
 
     models = {"lora": dense.to(device).train(), "sparselora": sparse.to(device).train()}
     optimizers = {
@@ -114,6 +113,9 @@ def main() -> None:
     batches = iter(loader)
 
     flops_batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+    # as in training: outlier channels calibrated on dense batches, then sparse (warm-up skipped)
+    engine.calibrate_outliers(sparse, [flops_batch])
+    engine.start_sparse_now()
     flops = {name: _step_flops(model, flops_batch) for name, model in models.items()}
     estimator_seconds = _time_estimator(engine, device)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -160,9 +162,7 @@ def main() -> None:
         "flops_ratio_sparse_over_dense": flops["sparselora"] / flops["lora"],
         "kept_ffn_fraction": engine.kept_fraction(),
         "estimator_share_of_step_median": statistics.median(estimator_share),
-        "svd_stats": engine.svd_stats,
-        "layer_sparsity": [layer.sparsity for layer in engine.layers],
-        "outliers_per_layer": [layer.outliers.numel() for layer in engine.layers],
+        "sparselora": engine.report(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

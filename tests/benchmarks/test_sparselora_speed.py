@@ -1,0 +1,49 @@
+"""The speed benchmark runs end to end (on a tiny model: the numbers themselves are not checked)."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO, tiny_run
+
+
+def test_benchmark_writes_its_json(tiny_llama_dir, data_env, tmp_path):
+    config = tiny_run(
+        tiny_llama_dir,
+        tmp_path,
+        task="wikitext2",
+        method="sparselora",
+        max_length=32,
+        batch_size=4,
+        ffn_sparsity=0.5,
+        attn_sparsity=0.5,
+        svd_rank=4,
+        dense_output_tokens=False,
+        svd_cache=str(tmp_path / "svd.st"),
+        max_train_samples=16,
+        max_eval_samples=4,
+    )
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "sparselora_speed.py"),
+        "--config",
+        str(path),
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["median_step_ms"]) == {"lora", "sparselora"} and result["speedup"] > 0
+    assert 0 < result["flops_ratio_sparse_over_dense"] < 1
+    assert result["sparselora"]["attn_sparsity_per_layer"] == [0.5, 0.5]
+    assert "speedup" in done.stdout
