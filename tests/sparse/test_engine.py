@@ -154,6 +154,25 @@ def test_eval_runs_dense_and_warmup_schedule(tmp_path):
     assert engine.layers[1].keep is None
 
 
+def test_dense_cooldown_at_the_end(tmp_path):
+    model = _peft_model("bert")
+    config = SparseLoRAConfig(
+        svd_rank=4,
+        sparse_warmup_ratio=0.2,
+        sparse_cooldown_ratio=0.2,
+        calibration_steps=1,
+        svd_cache=str(tmp_path / "f.st"),
+    )
+    engine = apply_sparselora(model, config, progress=False)
+    model.train()
+    sparse_steps = []
+    for step in range(10):
+        engine.begin_step(step, max_steps=10)
+        model(**_batch())
+        sparse_steps.append(engine.layers[0].keep is not None)
+    assert sparse_steps == [False, False, True, True, True, True, True, True, False, False]
+
+
 def test_outlier_channels_are_always_kept(tmp_path):
     model = _peft_model("bert")
     layer_module = model.base_model.model.bert.encoder.layer[0]

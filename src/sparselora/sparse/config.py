@@ -29,6 +29,12 @@ class SparseLoRAConfig(BaseModel):
         description="Per-layer overrides: {'layer.0': 0.4} (FFN) or {'layers.0.mlp': 0.4, 'layers.0.attn': 0.2}.",
     )
     sparse_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of training steps run dense first.")
+    sparse_cooldown_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of training steps run dense at the end (adapters settle on the dense evaluation model).",
+    )
     calibration_steps: int = Field(
         2, ge=1, description="First training steps run dense to find outlier channels (part of the warm-up)."
     )

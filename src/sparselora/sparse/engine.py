@@ -34,6 +34,7 @@ class SparseLoRAEngine:
     svd_stats: dict[str, float] = field(default_factory=dict)
     step: int = 0
     sparse_from_step: int = 0
+    sparse_until_step: int | None = None  # dense cool-down from this step on
     calibrating: bool = True
     enabled: bool = True
     output_token_mask: torch.Tensor | None = None  # (batch, seq): positions whose next token is a label
@@ -48,13 +49,17 @@ class SparseLoRAEngine:
             return False
         if not training and not self.config.sparse_eval:
             return False  # evaluation and inference run dense unless asked
-        return self.step >= self.sparse_from_step
+        return self.step >= self.sparse_from_step and (
+            self.sparse_until_step is None or self.step < self.sparse_until_step
+        )
 
     def begin_step(self, step: int, max_steps: int) -> None:
         """Called before each optimiser step; ends calibration once its steps are done."""
         self.step = step
         warmup = math.ceil(self.config.sparse_warmup_ratio * max_steps) if max_steps > 0 else 0
         self.sparse_from_step = max(self.config.calibration_steps, warmup)
+        if max_steps > 0 and self.config.sparse_cooldown_ratio > 0:
+            self.sparse_until_step = max_steps - math.ceil(self.config.sparse_cooldown_ratio * max_steps)
         if self.calibrating and step >= self.config.calibration_steps:
             for layer in self.ffn:
                 layer.fix_outliers(self.config.outlier_factor, self.config.max_outlier_fraction)
@@ -108,6 +113,7 @@ class SparseLoRAEngine:
             "attn_sparsity_per_layer": [block.sparsity for block in self.attention] or [0.0] * len(self.ffn),
             "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.ffn],
             "sparse_from_step": self.sparse_from_step,
+            "sparse_until_step": self.sparse_until_step,
             "svd_rank": self.config.svd_rank,
             "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
             "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
