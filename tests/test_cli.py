@@ -95,7 +95,7 @@ def test_svd_build_caches_and_reports(tiny_llama_dir, tmp_path):
     out = tmp_path / "factors.safetensors"
     first = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "4", "--out", str(out)])
     assert first.exit_code == 0, first.output
-    assert "4 factor pairs" in first.output and "built in" in first.output and out.is_file()  # 2 layers x (up, gate)
+    assert "10 factor pairs" in first.output and "built in" in first.output and out.is_file()  # 2 x (up gate q k v)
     second = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "4", "--out", str(out)])
     assert "loaded from cache" in second.output
     too_big = runner.invoke(app, ["svd", "build", str(tiny_llama_dir), "--rank", "64", "--out", str(tmp_path / "x.st")])

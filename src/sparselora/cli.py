@@ -123,7 +123,7 @@ def svd_build(
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a cache file exists.")] = False,
 ) -> None:
-    """Compute the rank-r SVD factors of every FFN up/gate projection once, and cache them."""
+    """Compute the rank-r SVD factors of every FFN up/gate and attention q/k/v projection once, and cache them."""
     from sparselora.models import get_arch, load_config, resolve_model
     from sparselora.models.loading import HEAD_CLASSES
     from sparselora.sparse.svd import SVDCacheError, default_cache_path, get_factors
