@@ -258,6 +258,7 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
         tmp_path,
         method="sparselora",
         ffn_sparsity=0.5,
+        attn_sparsity=0.5,
         svd_rank=4,
         sparse_warmup_ratio=0.25,
         calibration_steps=1,
@@ -378,3 +379,16 @@ def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
     assert output_positions[:, 6:11].all() and not output_positions[:, :6].any()
     torch.testing.assert_close(outputs["sparse"][output_positions], outputs["dense"][output_positions])
     assert not torch.allclose(outputs["sparse"][~output_positions], outputs["dense"][~output_positions])
+
+
+def test_unsupported_architectures_are_refused_clearly(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, MPNetConfig, MPNetForMaskedLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(NotImplementedError, match="Conv1D"):
+        apply_sparselora(gpt2, SparseLoRAConfig(svd_cache=str(tmp_path / "g.st")), progress=False)
+    config = MPNetConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    with pytest.raises(ValueError, match="architecture map"):
+        apply_sparselora(MPNetForMaskedLM(config), SparseLoRAConfig(), progress=False)
