@@ -52,7 +52,7 @@ def _step_flops(model, batch) -> int:
 def _time_estimator(engine: SparseLoRAEngine, device: torch.device) -> list[float]:
     """Wrap each layer's ``select`` to accumulate its wall time (seconds) per step."""
     spent = [0.0]
-    for layer in engine.layers:
+    for layer in engine.ffn:
         select = layer.select
 
         def timed(x, _select=select):

@@ -80,18 +80,15 @@ def _loss_and_grads(model, batch):
 def test_sparsity_zero_equals_dense_lora(family, tmp_path):
     dense = _peft_model(family)
     sparse = copy.deepcopy(dense)
-    engine = apply_sparselora(
-        sparse,
-        SparseLoRAConfig(ffn_sparsity=0.0, svd_rank=4, svd_cache=str(tmp_path / "f.safetensors")),
-        progress=False,
-    )
+    # a tiny sparsity keeps every channel but still runs the sparse code paths (FFN and attention)
+    config = SparseLoRAConfig(ffn_sparsity=1e-9, attn_sparsity=1e-9, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    engine = apply_sparselora(sparse, config, progress=False)
     engine.start_sparse_now()
-    for layer in engine.layers:  # force the sparse code path even at sparsity 0
-        layer.sparsity = 1e-9
-    assert all(layer.num_kept == layer.width for layer in engine.layers)
+    assert all(layer.num_kept == layer.width for layer in engine.ffn)
+    assert len(engine.attention) == 2 and all(block.num_kept == block.head_dim for block in engine.attention)
     logits_d, grads_d = _loss_and_grads(dense, _batch())
     logits_s, grads_s = _loss_and_grads(sparse, _batch())
-    assert engine.layers[0].keep is not None  # the sparse path really ran
+    assert engine.ffn[0].keep is not None and engine.attention[0].selection is not None  # sparse paths ran
     torch.testing.assert_close(logits_s, logits_d, rtol=1e-5, atol=1e-6)
     for name in grads_d:
         torch.testing.assert_close(grads_s[name], grads_d[name], rtol=1e-4, atol=1e-6)
@@ -147,11 +144,11 @@ def test_eval_runs_dense_and_warmup_schedule(tmp_path):
     for step, sparse_expected in [(0, False), (1, False), (2, False), (3, True)]:
         engine.begin_step(step, max_steps=10)  # warm-up = ceil(0.3 * 10) = 3 steps
         model(**_batch())
-        assert (engine.layers[1].keep is not None) == sparse_expected, step
+        assert (engine.ffn[1].keep is not None) == sparse_expected, step
     model.eval()
     with torch.no_grad():
         model(**_batch())
-    assert engine.layers[1].keep is None
+    assert engine.ffn[1].keep is None
 
 
 def test_dense_cooldown_at_the_end(tmp_path):
@@ -169,7 +166,7 @@ def test_dense_cooldown_at_the_end(tmp_path):
     for step in range(10):
         engine.begin_step(step, max_steps=10)
         model(**_batch())
-        sparse_steps.append(engine.layers[0].keep is not None)
+        sparse_steps.append(engine.ffn[0].keep is not None)
     assert sparse_steps == [False, False, True, True, True, True, True, True, False, False]
 
 
@@ -194,10 +191,10 @@ def test_outlier_channels_are_always_kept(tmp_path):
     engine.begin_step(0, 10)
     model(**_batch())  # calibration step (dense)
     engine.begin_step(1, 10)
-    assert 7 in engine.layers[0].outliers.tolist()
+    assert 7 in engine.ffn[0].outliers.tolist()
     for seed in range(3):
         model(**_batch(seed))
-        assert 7 in engine.layers[0].keep.tolist()
+        assert 7 in engine.ffn[0].keep.tolist()
 
 
 def test_detach_restores_dense_forwards(tmp_path):

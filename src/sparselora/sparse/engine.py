@@ -40,10 +40,6 @@ class SparseLoRAEngine:
     output_token_mask: torch.Tensor | None = None  # (batch, seq): positions whose next token is a label
     _model_hook: object = None
 
-    @property
-    def layers(self) -> list[SparseFFN]:
-        return self.ffn
-
     def sparse_now(self, sparsity: float, training: bool) -> bool:
         if not self.enabled or self.calibrating or sparsity == 0.0:
             return False
