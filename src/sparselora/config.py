@@ -104,7 +104,7 @@ def _closest(key: str, allowed: list[str]) -> str:
 
 def _owner_hint(key: str) -> str:
     owners = [name for name in method_names() if key in get_method(name).options.model_fields]
-    return f" (a key of method {', '.join(owners)})" if owners else ""
+    return f" (a key of method(s) {', '.join(owners)})" if owners else ""
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

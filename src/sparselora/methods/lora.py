@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from pydantic import Field
 from torch import nn
@@ -83,7 +84,25 @@ def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext,
 
 def build_lora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     options: LoraOptions = ctx.config.method_options  # type: ignore[assignment]
-    return MethodSetup(model=get_peft_model(model, lora_config(model, options, ctx)))
+    peft_model = get_peft_model(model, lora_config(model, options, ctx))
+    return MethodSetup(model=peft_model, report=lambda: adapter_report(peft_model))
 
 
 register(MethodSpec(name="lora", summary="LoRA adapters (PEFT), base frozen", options=LoraOptions, build=build_lora))
+
+
+def lora_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The LoRA A and B matrices of a PEFT model (what the sparse LoRA variants act on)."""
+    return [p for name, p in model.named_parameters() if ("lora_A" in name or "lora_B" in name) and p.requires_grad]
+
+
+def adapter_report(model: nn.Module) -> dict[str, float]:
+    """Adapter size and exact-zero sparsity (the head trained alongside is not counted)."""
+    weights = lora_weights(model)
+    total = sum(w.numel() for w in weights)
+    nonzero = sum(int(w.count_nonzero()) for w in weights)
+    return {
+        "adapter_params": total,
+        "adapter_nonzero": nonzero,
+        "adapter_sparsity": 1 - nonzero / total if total else 0.0,
+    }

@@ -31,7 +31,7 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
 register(
     MethodSpec(
         name="sparselora",
-        summary="LoRA + SVD-estimated contextual FFN sparsity of the frozen weights",
+        summary="LoRA + SVD-estimated contextual sparsity of the frozen FFN and attention",
         options=SparseLoRAOptions,
         build=build_sparselora,
     )
