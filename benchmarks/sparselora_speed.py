@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import set_seed
 
@@ -103,13 +102,7 @@ def main() -> None:
         name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=config.learning_rate)
         for name, m in models.items()
     }
-    loader = DataLoader(
-        inputs.data.train,
-        batch_size=config.batch_size,
-        shuffle=True,
-        collate_fn=inputs.data.train_collator,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    loader = inputs.train_loader()
     batches = iter(loader)
 
     flops_batch = {k: v.to(device) for k, v in next(iter(loader)).items()}

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from sparselora.config import RunConfig
@@ -35,13 +33,7 @@ def open_session(config: RunConfig, num_batches: int) -> SparseSession:
     context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
     setup = get_method("sparselora").build(base, context)
     engine: SparseLoRAEngine = setup.callbacks[0].engine
-    loader = DataLoader(
-        inputs.data.train,
-        batch_size=config.batch_size,
-        shuffle=True,
-        collate_fn=inputs.data.train_collator,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    loader = inputs.train_loader()
     batches = [batch for _, batch in zip(range(num_batches), loader, strict=False)]
     engine.calibrate_outliers(setup.model, batches[: config.method_options.calibration_steps])
     return SparseSession(model=setup.model, engine=engine, batches=batches)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import PeftModel
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sparselora.config import RunConfig
@@ -43,6 +45,16 @@ class RunInputs:
 
     def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
         return load_model(self.source, self.head, self.tokenizer, self.num_labels)
+
+    def train_loader(self) -> DataLoader:
+        """Shuffled, dynamically padded training batches, seeded by the run's seed (outside Trainer)."""
+        return DataLoader(
+            self.data.train,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            collate_fn=self.data.train_collator,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
 
 def choose_head(task: TaskSpec, decoder: bool, model_name: str) -> Head:
