@@ -144,6 +144,17 @@ sparse_app = typer.Typer(help="Inspect the SparseLoRA predictor.", no_args_is_he
 app.add_typer(sparse_app, name="sparse")
 
 
+def _sparse_session(config: Path, overrides: list[str] | None, batches: int):
+    """A sparselora config's model with SparseLoRA attached and calibrated, plus real batches."""
+    from sparselora.analysis import open_session
+    from sparselora.config import load_config
+
+    try:
+        return open_session(load_config(config, [*(overrides or []), "progress=false"]), batches)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+
+
 @sparse_app.command("recall")
 def sparse_recall(
     config: Annotated[Path, typer.Argument(help="A sparselora run config (model, task, sparsity).")],
@@ -151,14 +162,9 @@ def sparse_recall(
     batches: Annotated[int, typer.Option(help="Real training batches to measure on.")] = 4,
 ) -> None:
     """Per layer: share of the oracle top-k channels the SVD predictor picks (random = kept/width)."""
-    from sparselora.analysis import open_session
-    from sparselora.config import load_config
     from sparselora.sparse.recall import measure_recall
 
-    try:
-        session = open_session(load_config(config, [*(set_ or []), "progress=false"]), batches)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    session = _sparse_session(config, set_, batches)
     table = Table(title=f"predictor recall of the oracle top-k ({batches} batches)")
     for column in ("layer", "part", "kept / width", "recall", "random", "outliers kept"):
         table.add_column(column, justify="right")
@@ -187,14 +193,12 @@ def calibrate(
     """Measure per-layer sensitivity and write the layer_sparsity map that meets a FLOPs target."""
     import yaml
 
-    from sparselora.analysis import open_session
-    from sparselora.config import load_config
     from sparselora.sparse.calibrate import calibrate as run_calibration
 
+    session = _sparse_session(config, set_, batches)
     try:
-        session = open_session(load_config(config, [*(set_ or []), "progress=false"]), batches)
         result = run_calibration(session.model, session.engine, session.batches, target)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         _fail(err)
     table = Table(title=f"sensitivity: relative error of the final hidden states ({batches} batches)")
     levels = sorted({level for _, _, level in result.damage})

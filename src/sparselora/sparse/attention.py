@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,8 @@ class SparseAttention:
     output_inside: bool = False
     _handles: list = field(default_factory=list)
     _o_weight_t: torch.Tensor | None = None
+    _attention_fn: Callable | None = None  # the library kernel (sdpa/eager), resolved once at attach
+    _dropout_p: float = 0.0
 
     @property
     def num_kept(self) -> int:
@@ -133,18 +136,13 @@ class SparseAttention:
             q = self._rope(q, sel.qk.repeat_interleave(group, dim=0), cos, sin)
             k = self._rope(k, sel.qk, cos, sin)
         module = self.module
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager)
-        dropout = getattr(module, "attention_dropout", None)
-        if dropout is None:
-            dropout = module.dropout.p
-        out, weights = attention(
+        out, weights = self._attention_fn(
             module,
             q,
             k,
             v,
             attention_mask,
-            dropout=dropout if module.training else 0.0,
+            dropout=self._dropout_p if module.training else 0.0,
             scaling=module.scaling,
             **kwargs,
         )
@@ -156,6 +154,10 @@ class SparseAttention:
     # wiring -----------------------------------------------------------------------------------
     def attach(self, engine) -> None:
         self.output_inside = any(sub is self.o for sub in self.module.modules())
+        eager = sys.modules[type(self.module).__module__].eager_attention_forward
+        self._attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager)
+        dropout = getattr(self.module, "attention_dropout", None)  # LLaMA: a float; BERT: an nn.Dropout
+        self._dropout_p = dropout if dropout is not None else self.module.dropout.p
         self._o_weight_t = linear_parts(self.o)[0].weight.detach().T.contiguous()
         dense_attention = type(self.module).forward.__get__(self.module)
         dense_o = type(self.o).forward.__get__(self.o)
