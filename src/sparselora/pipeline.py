@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparselora.config import RunConfig
 from sparselora.data import TaskSpec, get_task
 from sparselora.data.preprocess import Prepared, prepare
+from sparselora.methods import get_method
 from sparselora.models import (
     ArchSpec,
     ModelSource,
@@ -44,7 +45,10 @@ class RunInputs:
     data: Prepared
 
     def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
-        return load_model(self.source, self.head, self.tokenizer, self.num_labels)
+        """The base model as the run's method wants it loaded (QLoRA: 4-bit)."""
+        method = get_method(self.config.method)
+        extra = method.load_kwargs(self.config.method_options) if method.load_kwargs else {}
+        return load_model(self.source, self.head, self.tokenizer, self.num_labels, **extra)
 
     def train_loader(self) -> DataLoader:
         """Shuffled, dynamically padded training batches, seeded by the run's seed (outside Trainer)."""

@@ -7,6 +7,7 @@ process 0 evaluates and writes the run folder.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -145,7 +146,13 @@ def train(config: RunConfig, overwrite: bool = False) -> Path | None:
 
         inputs = load_inputs(config)
         base, new_modules = inputs.load_base_model()
-        context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
+        context = BuildContext(
+            config=config,
+            arch=inputs.arch,
+            head=inputs.head,
+            new_modules=tuple(new_modules),
+            calibration_batches=lambda n: list(itertools.islice(inputs.train_loader(), n)),
+        )
         setup = get_method(config.method).build(base, context)
 
         log_path = Path(scratch) / TRAIN_LOG_FILE
@@ -172,6 +179,8 @@ def train(config: RunConfig, overwrite: bool = False) -> Path | None:
         model.save_pretrained(run_dir)
         inputs.tokenizer.save_pretrained(run_dir)
         shutil.copy(log_path, run_dir / TRAIN_LOG_FILE)
+        if setup.write_artifacts:
+            setup.write_artifacts(run_dir)
         write_config(run_dir, config.to_flat_dict())
         write_json(run_dir / METRICS_FILE, metrics)
         write_model_card(run_dir, config, inputs, metrics)

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 from sparselora.config import ConfigError, build_config
 from sparselora.methods.lora import lora_weights
 from sparselora.methods.lora_l1 import soft_threshold
-from sparselora.methods.lora_prune import LoraPruneOptions, MagnitudePruning, magnitude_masks
+from sparselora.methods.lora_prune import AdapterPruning, LoraPruneOptions, magnitude_masks
 from sparselora.run_eval import evaluate_run
 from sparselora.train import train
 from tests.conftest import tiny_run
@@ -58,7 +58,7 @@ def _tiny_peft():
 
 def test_recovery_holds_the_mask_fixed():
     model = _tiny_peft()
-    callback = MagnitudePruning(model, LoraPruneOptions(prune_ratio=0.5, recovery_steps=3))
+    callback = AdapterPruning(model, LoraPruneOptions(prune_ratio=0.5, recovery_steps=3))
     callback.prune()
     pruned = [w.detach().clone() for w in callback.weights]
     optimizer = torch.optim.AdamW(callback.weights, lr=0.1)

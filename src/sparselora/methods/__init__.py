@@ -1,6 +1,17 @@
 """Fine-tuning methods. Each module registers itself; import order is registration order."""
 
-from sparselora.methods import dora, full, lora, lora_l1, lora_prune, sparselora  # noqa: F401
+from sparselora.methods import (  # noqa: F401
+    adalora,
+    dora,
+    full,
+    hira,
+    layerlens,
+    lora,
+    lora_l1,
+    lora_prune,
+    qlora,
+    sparselora,
+)
 from sparselora.methods.registry import (
     BuildContext,
     MethodOptions,

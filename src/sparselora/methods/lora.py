@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 from sparselora.models import UnknownArchitectureError, target_module_names
 
-_TASK_TYPES = {
+PEFT_TASK_TYPES = {
     "sequence_classification": TaskType.SEQ_CLS,
     "causal_lm": TaskType.CAUSAL_LM,
     "masked_lm": None,  # PEFT has no masked-LM task type; the generic wrapper does the job
@@ -75,7 +75,7 @@ def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
         target_modules=resolve_targets(model, options, ctx),
-        task_type=_TASK_TYPES[ctx.head],
+        task_type=PEFT_TASK_TYPES[ctx.head],
         fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
         modules_to_save=fresh_modules_to_save(ctx),
         **extra,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +36,8 @@ class BuildContext:
     arch: ArchSpec | None
     head: str  # "sequence_classification", "causal_lm" or "masked_lm"
     new_modules: tuple[str, ...] = ()  # freshly initialised head modules: must train and be saved
+    # the first n training batches, for methods that measure the model before training (LayerLens)
+    calibration_batches: Callable[[int], list[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -45,6 +48,8 @@ class MethodSetup:
     callbacks: list[TrainerCallback] = field(default_factory=list)
     # method-specific measurements for metrics.json (e.g. SparseLoRA's kept FFN fraction)
     report: Callable[[], dict[str, Any]] | None = None
+    # extra files for the run folder (e.g. LayerLens' layer scores and plot), given the folder
+    write_artifacts: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class MethodSpec:
     summary: str
     options: type[MethodOptions]
     build: Callable[[PreTrainedModel, BuildContext], MethodSetup]
+    # extra ``from_pretrained`` arguments for the base model (e.g. QLoRA's quantization_config),
+    # used when training and again when a saved run is reloaded
+    load_kwargs: Callable[[Any], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

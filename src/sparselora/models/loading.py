@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -146,13 +146,15 @@ def load_model(
     head: Head,
     tokenizer: PreTrainedTokenizerBase,
     num_labels: int | None = None,
+    **extra: Any,
 ) -> tuple[PreTrainedModel, list[str]]:
     """Load the base model with a task head.
 
     Returns the model and the names of modules whose weights were freshly initialised (a new
     classifier, MiniLM's missing MLM transform): adapters methods must train and save them.
+    ``extra`` goes to ``from_pretrained`` (a method's ``quantization_config``).
     """
-    kwargs: dict = {"dtype": torch.float32, "output_loading_info": True}
+    kwargs: dict = {"dtype": torch.float32, "output_loading_info": True, **extra}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     if head == "sequence_classification":

@@ -1,0 +1,61 @@
+"""HiRA (Huang et al., ICLR 2025): high-rank updates as a Hadamard product ΔW = W₀ ⊙ (B·A). PEFT's own.
+
+The update inherits the rank of the frozen weight while training only r(n+m) parameters.
+"""
+
+from __future__ import annotations
+
+import peft
+from pydantic import Field
+from transformers import PreTrainedModel
+
+from sparselora.methods.lora import PEFT_TASK_TYPES, LoraOptions, fresh_modules_to_save, resolve_targets
+from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
+
+
+class MissingHiraError(ImportError):
+    """The installed PEFT has no HiRA."""
+
+
+class HiraOptions(MethodOptions):
+    hira_r: int = Field(32, gt=0, description="Rank r of the B·A factor multiplied element-wise with W₀.")
+    hira_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the HiRA branch input.")
+    target_modules: list[str] | str | None = LoraOptions.model_fields["target_modules"]
+
+
+def hira_config_class() -> type:
+    config_class = getattr(peft, "HiraConfig", None)
+    if config_class is None:
+        raise MissingHiraError(
+            f"method 'hira' needs PEFT ≥ 0.20 (HiraConfig); installed PEFT is {peft.__version__}: "
+            "`pip install -U 'peft>=0.20'`."
+        )
+    return config_class
+
+
+def build_hira(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
+    options: HiraOptions = ctx.config.method_options  # type: ignore[assignment]
+    config = hira_config_class()(
+        r=options.hira_r,
+        hira_dropout=options.hira_dropout,
+        target_modules=resolve_targets(model, options, ctx),
+        task_type=PEFT_TASK_TYPES[ctx.head],
+        fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
+        modules_to_save=fresh_modules_to_save(ctx),
+    )
+    peft_model = peft.get_peft_model(model, config)
+    return MethodSetup(model=peft_model, report=lambda: {"adapter_params": _hira_params(peft_model)})
+
+
+def _hira_params(model) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if "hira_" in name and p.requires_grad)
+
+
+register(
+    MethodSpec(
+        name="hira",
+        summary="HiRA: Hadamard high-rank adaptation W₀ ⊙ BA (PEFT HiraConfig)",
+        options=HiraOptions,
+        build=build_hira,
+    )
+)

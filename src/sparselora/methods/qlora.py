@@ -1,0 +1,85 @@
+"""QLoRA (Dettmers et al., 2023): LoRA on a base model stored as 4-bit NormalFloat (bitsandbytes).
+
+The base weights are quantised while loading (``quantization_config``), so the method is a load
+argument plus ordinary PEFT LoRA. Freshly initialised modules (a new classifier, MiniLM's pooler)
+and the LM head stay in full precision: they train, and quantising random weights only adds
+noise. On CPU every forward dequantises each layer, so QLoRA saves memory and costs time; the
+comparison tables report both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Literal
+
+import torch
+from peft import get_peft_model
+from pydantic import Field
+from transformers import BitsAndBytesConfig, PreTrainedModel
+
+from sparselora.methods.lora import LoraOptions, adapter_report, lora_config
+from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
+
+# Heads and poolers that must not be quantised, across the supported architectures. transformers
+# matches these from the start of a module name, as a regex, or as a suffix: ".*pooler" catches
+# "bert.pooler.dense".
+_FULL_PRECISION_MODULES = [".*classifier", ".*pooler", ".*score", ".*lm_head", ".*cls"]
+
+
+class MissingBitsAndBytesError(ImportError):
+    """QLoRA needs bitsandbytes for its 4-bit layers."""
+
+
+class QLoraOptions(LoraOptions):
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the base weights.")
+    double_quant: bool = Field(True, description="Also quantise the per-block scales (QLoRA's double quantisation).")
+
+
+def require_bitsandbytes() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingBitsAndBytesError(
+            "method 'qlora' needs bitsandbytes, which is not installed: `pip install bitsandbytes` "
+            "(its CPU backend works), or choose another `method`."
+        )
+
+
+def quantization_kwargs(options: QLoraOptions) -> dict[str, Any]:
+    require_bitsandbytes()
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=options.quant_type,
+            bnb_4bit_use_double_quant=options.double_quant,
+            bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=_FULL_PRECISION_MODULES,
+        )
+    }
+
+
+def build_qlora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
+    # No forward pass before wrapping: bitsandbytes' CPU path then fails with an in-place view error.
+    options: QLoraOptions = ctx.config.method_options  # type: ignore[assignment]
+    peft_model = get_peft_model(model, lora_config(model, options, ctx))
+    return MethodSetup(model=peft_model, report=lambda: {**adapter_report(peft_model), **quantized_report(model)})
+
+
+def quantized_report(model: PreTrainedModel) -> dict[str, Any]:
+    """How much of the base is 4-bit, and the weights' footprint in memory."""
+    import bitsandbytes as bnb
+
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    return {
+        "quantized_linear_layers": len(quantized),
+        "weights_footprint_mb": model.get_memory_footprint() / 2**20,
+    }
+
+
+register(
+    MethodSpec(
+        name="qlora",
+        summary="QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes); heads stay full precision",
+        options=QLoraOptions,
+        build=build_qlora,
+        load_kwargs=quantization_kwargs,
+    )
+)

@@ -1,0 +1,63 @@
+"""QLoRA, HiRA and AdaLoRA: PEFT's implementations wired into runs that train, save and reload."""
+
+import json
+import sys
+
+import pytest
+
+from sparselora.config import build_config
+from sparselora.methods import qlora as qlora_module
+from sparselora.methods.hira import MissingHiraError, hira_config_class
+from sparselora.methods.qlora import MissingBitsAndBytesError, QLoraOptions, quantization_kwargs
+from sparselora.run_eval import evaluate_run
+from sparselora.train import train
+from tests.conftest import tiny_run
+
+
+def test_qlora_base_is_4bit_and_head_is_not(tiny_bert_dir, data_env, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, method="qlora", max_steps=2)))
+    report = json.loads((run / "metrics.json").read_text())["method"]
+    assert report["quantized_linear_layers"] == 2 * 6  # q, k, v, o, up, down in each of 2 layers
+    recorded, measured = evaluate_run(run)  # reloads the base in 4-bit, then the adapter
+    assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-5)
+
+
+def test_qlora_without_bitsandbytes_says_how_to_fix(monkeypatch):
+    monkeypatch.setattr(qlora_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingBitsAndBytesError, match="pip install bitsandbytes"):
+        quantization_kwargs(QLoraOptions())
+
+
+def test_hira_trains_and_reloads(tiny_bert_dir, data_env, tmp_path):
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, method="hira", hira_r=4, max_steps=2)))
+    assert json.loads((run / "adapter_config.json").read_text())["peft_type"] == "HIRA"
+    recorded, measured = evaluate_run(run)
+    assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-6)
+
+
+def test_hira_on_an_old_peft_names_the_version(monkeypatch):
+    monkeypatch.delattr(sys.modules["peft"], "HiraConfig")
+    with pytest.raises(MissingHiraError, match="PEFT"):
+        hira_config_class()
+
+
+def test_adalora_reallocates_ranks(tiny_bert_dir, data_env, tmp_path):
+    config = tiny_run(
+        tiny_bert_dir,
+        tmp_path,
+        method="adalora",
+        init_r=6,
+        target_r=2,
+        max_steps=12,
+        max_train_samples=256,
+        warmup_ratio_adalora=0.1,
+        final_ratio_adalora=0.2,
+    )
+    run = train(build_config(config))
+    report = json.loads((run / "metrics.json").read_text())["method"]
+    ranks = report["ranks"]
+    assert len(ranks) == 4  # query and value of 2 layers
+    assert report["rank_total"] <= report["rank_budget"] == 2 * len(ranks)  # cut from 6 per module to 2 on average
+    recorded, measured = evaluate_run(run)
+    assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-6)
