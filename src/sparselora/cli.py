@@ -219,6 +219,106 @@ def calibrate(
 
 
 @app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="Comparison YAML: methods, tasks, seeds, shared keys, targets.")],
+    only: Annotated[
+        str | None, typer.Option("--only", help="Run only matching cells: method=lora,task=sst2,seed=1 (any subset).")
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots, validation.md."""
+    from sparselora.compare import load_compare_config, run_comparison
+    from sparselora.compare.plan import parse_only
+    from sparselora.config import ConfigError
+    from sparselora.report.comparison import build_report
+
+    try:
+        comparison = load_compare_config(config)
+        if data_dir is not None:
+            comparison.shared.setdefault("data_dir", str(data_dir))
+        status = run_comparison(comparison, parse_only(only))
+    except ConfigError as err:
+        _fail(err)
+    console.print(
+        f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, {len(status.failed)} failed"
+        + (f": {', '.join(c.run_name for c in status.failed)} (see failed/)" if status.failed else "")
+    )
+    written = build_report(Path(comparison.output_dir), command=f"sparselora compare {config}")
+    console.print(f"tables, plots and validation.md in {comparison.output_dir} ({len(written)} files)")
+    if status.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="A comparison's results folder (holds compare.yaml).")],
+) -> None:
+    """Rebuild tables, plots and validation.md from finished runs, without training."""
+    from sparselora.report.comparison import NotAResultsFolderError, build_report
+
+    try:
+        written = build_report(results_dir, command=f"sparselora report {results_dir}")
+    except NotAResultsFolderError as err:
+        _fail(err)
+    for path in written:
+        console.print(str(path))
+
+
+@app.command()
+def flops(
+    config: Annotated[Path | None, typer.Argument(help="A run config (model, method, sparsity keys).")] = None,
+    overrides: SetOption = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (attention scores grow with it).")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch (the estimator's cost is per batch).")] = 32,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the per-layer numbers here.")] = None,
+) -> None:
+    """Per-token FLOPs of the forward pass and the training step, per layer, dense vs sparse (1 MAC = 2 FLOPs)."""
+    from sparselora.config import ConfigError, load_config
+    from sparselora.flops import config_flops
+
+    try:
+        run = load_config(config, overrides)
+        sparse, dense = config_flops(run.to_flat_dict(), seq_len, batch_size)
+    except (ConfigError, ValueError) as err:
+        _fail(err)
+    components = dense.components() + [c for c in sparse.components() if c not in dense.components()]
+    title = f"{run.model} / {run.method}: training-step MFLOPs per token, sparse (seq {seq_len}, batch {batch_size})"
+    table = Table(title=title)
+    table.add_column("layer")
+    for component in components:
+        table.add_column(component, justify="right")
+    table.add_column("dense", justify="right")
+    table.add_column("sparse", justify="right")
+    table.add_column("ratio", justify="right")
+    rows = [(str(i), d, s) for i, (d, s) in enumerate(zip(dense.layers, sparse.layers, strict=True))]
+    for name, d, s in [*rows, ("head", dense.head, sparse.head)]:
+        dense_total, sparse_total = sum(d.train.values()), sum(s.train.values())
+        cells = [f"{s.train.get(c, 0) / 1e6:.3f}" for c in components]
+        totals = [f"{dense_total / 1e6:.3f}", f"{sparse_total / 1e6:.3f}", f"{sparse_total / dense_total:.3f}"]
+        table.add_row(name, *cells, *totals)
+    Console(width=max(console.width, 40 + 11 * len(components))).print(table)
+    for kind in ("forward", "train"):
+        ratio = sparse.total(kind) / dense.total(kind)
+        console.print(
+            f"{kind:8s} dense {dense.total(kind) / 1e9:.4f} GFLOPs/token, sparse {sparse.total(kind) / 1e9:.4f} "
+            f"(ratio {ratio:.3f}, {1 / ratio:.2f}× fewer)"
+        )
+    if json_out is not None:
+        payload = {
+            "convention": "matmul FLOPs only, 1 multiply-add = 2 FLOPs, per token",
+            "model": run.model,
+            "method": run.method,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "dense": {"layers": [vars(layer) for layer in dense.layers], "head": vars(dense.head)},
+            "sparse": {"layers": [vars(layer) for layer in sparse.layers], "head": vars(sparse.head)},
+            "totals": {k: {"dense": dense.total(k), "sparse": sparse.total(k)} for k in ("forward", "train")},
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"written to {json_out}")
+
+
+@app.command()
 def methods() -> None:
     """List the registered fine-tuning methods."""
     from sparselora.methods import get_method, method_names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -63,6 +64,7 @@ def training_arguments(config: RunConfig, scratch: str, distributed: bool) -> Tr
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
+        logging_nan_inf_filter=False,  # a diverged run must show NaN, not a filtered average
         label_names=["labels"],
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
@@ -134,6 +136,20 @@ def assemble_metrics(
     }
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite: nothing is written."""
+
+
+def check_finite_loss(log_history: list[dict[str, Any]]) -> None:
+    for entry in log_history:
+        loss = entry.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training loss became {loss} at step {entry.get('step')}: lower `learning_rate` "
+                "(or raise `warmup_ratio`); no run folder was written."
+            )
+
+
 def train(config: RunConfig, overwrite: bool = False) -> Path | None:
     """Train one run and write its folder. Returns the folder (None on non-zero ranks)."""
     set_seed(config.seed)
@@ -168,6 +184,7 @@ def train(config: RunConfig, overwrite: bool = False) -> Path | None:
             start = time.perf_counter()
             trainer.train()
             wall_s = time.perf_counter() - start
+        check_finite_loss(trainer.state.log_history)
         if not is_main:
             return None
 

@@ -33,3 +33,59 @@ def plot_layer_scores(scores: list[float], ranks: dict[int, int], title: str, pa
     axis.set_ylabel("importance (probe-adapter Fisher)")
     axis.set_title(title)
     return save_figure(figure, path_stem)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both axes (lower x = faster, higher y = better)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_quality_vs_time(summary, metric: str, title: str, path_stem: Path) -> list[Path]:
+    """Mean metric vs mean ms/step per method, std as error bars, Pareto front joined."""
+    done = summary[summary["seeds"] > 0]
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    points = list(zip(done["ms_per_step_mean"], done[f"{metric}_mean"], strict=True))
+    axis.errorbar(
+        done["ms_per_step_mean"],
+        done[f"{metric}_mean"],
+        xerr=done["ms_per_step_std"].fillna(0),
+        yerr=done[f"{metric}_std"].fillna(0),
+        fmt="o",
+        capsize=3,
+    )
+    for (x, y), label in zip(points, done["label"], strict=True):
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(points)
+    axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:red", label="Pareto front")
+    axis.set_xlabel("training ms/step (median)")
+    axis.set_ylabel(metric)
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    return save_figure(figure, path_stem)
+
+
+def plot_peak_memory(summary, title: str, path_stem: Path) -> list[Path]:
+    done = summary[summary["seeds"] > 0]
+    figure, axis = plt.subplots(figsize=(max(5, 0.7 * len(done) + 2), 3.8))
+    axis.bar(done["label"], done["peak_mb_mean"], yerr=done["peak_mb_std"].fillna(0), capsize=3, color="tab:green")
+    axis.set_ylabel("peak memory (MB)")
+    axis.set_title(title)
+    axis.tick_params(axis="x", rotation=45)
+    return save_figure(figure, path_stem)
+
+
+def plot_loss_curves(curves: dict[str, tuple[list[int], list[float]]], title: str, path_stem: Path) -> list[Path]:
+    """Training loss per method (mean over seeds at each logged step)."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for label, (steps, losses) in curves.items():
+        axis.plot(steps, losses, label=label)
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.set_title(title)
+    axis.legend(fontsize=8, ncol=2)
+    return save_figure(figure, path_stem)

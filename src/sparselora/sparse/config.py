@@ -22,7 +22,7 @@ class SparseLoRAConfig(BaseModel):
         0.5, ge=0, lt=1, description="Fraction of FFN channels skipped in every layer not named in layer_sparsity."
     )
     attn_sparsity: float = Field(
-        0.0, ge=0, lt=1, description="Fraction of attention channels skipped (not implemented yet: must be 0)."
+        0.0, ge=0, lt=1, description="Fraction of Q/K and V/O channels skipped per attention head."
     )
     layer_sparsity: dict[str, float] | None = Field(
         None,

@@ -1,0 +1,77 @@
+"""Everything a comparison's results folder shows, rebuilt from its finished runs: tables, plots, validation."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sparselora.compare.plan import CompareConfig
+from sparselora.compare.runner import COMPARE_FILE
+from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
+from sparselora.report.results import collect, primary_metric, write_task_results
+from sparselora.report.validation import validation_markdown
+from sparselora.runs import TRAIN_LOG_FILE
+
+
+class NotAResultsFolderError(FileNotFoundError):
+    """The folder holds no comparison (no compare.yaml)."""
+
+
+def load_results_config(results_dir: Path) -> CompareConfig:
+    path = results_dir / COMPARE_FILE
+    if not path.is_file():
+        raise NotAResultsFolderError(
+            f"'{results_dir}' is not a comparison results folder: '{path}' is missing. "
+            "Run `sparselora compare CONFIG.yaml` first (it writes compare.yaml there)."
+        )
+    return CompareConfig(**yaml.safe_load(path.read_text()))
+
+
+def loss_curves(results_dir: Path, task: str, labels: list[str]) -> dict[str, tuple[list[int], list[float]]]:
+    curves = {}
+    for label in labels:
+        logs = []
+        for log in sorted((results_dir / "runs").glob(f"{task}__{label}__s*/{TRAIN_LOG_FILE}")):
+            entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            logs.append(pd.Series({e["step"]: e["loss"] for e in entries if "loss" in e}))
+        if logs:
+            mean = pd.concat(logs, axis=1).mean(axis=1).sort_index()
+            curves[label] = (mean.index.tolist(), mean.tolist())
+    return curves
+
+
+def build_report(results_dir: Path, command: str | None = None) -> list[Path]:
+    """Write <task>/results.{md,csv,json}, <task>/plots/*.{png,svg} and validation.md. Returns the files."""
+    config = load_results_config(results_dir)
+    frame = collect(results_dir)
+    written: list[Path] = []
+    validation = [f"# Validation: {config.name}", "", _provenance(command), ""]
+    for task in config.tasks:
+        task_frame = frame[frame["task"] == task] if not frame.empty else frame
+        if task_frame.empty:
+            validation.append(f"## {task}\n\nNo finished or failed cells yet.\n")
+            continue
+        folder = results_dir / task
+        summary = write_task_results(
+            task_frame, list(config.methods), config.reference, folder, f"{config.name}: {task}"
+        )
+        written += [folder / "results.md", folder / "results.csv", folder / "results.json"]
+        if (summary["seeds"] > 0).any():
+            metric = primary_metric(summary)
+            plots = folder / "plots"
+            written += plot_quality_vs_time(summary, metric, f"{task}: {metric} vs time", plots / "quality_vs_time")
+            written += plot_peak_memory(summary, f"{task}: peak memory", plots / "peak_memory")
+            curves = loss_curves(results_dir, task, list(config.methods))
+            written += plot_loss_curves(curves, f"{task}: training loss", plots / "loss_curves")
+        validation.append(validation_markdown(task, summary, config))
+    (results_dir / "validation.md").write_text("\n".join(validation))
+    return [*written, results_dir / "validation.md"]
+
+
+def _provenance(command: str | None) -> str:
+    text = f"Generated {date.today().isoformat()} from the finished runs in this folder"
+    return text + (f" (`{command}`)." if command else ".")

@@ -1,0 +1,254 @@
+"""Results tables of a comparison: one row per method, mean ± std over seeds, best value marked.
+
+Reads only finished run folders (and ``failed/*.json``), so ``sparselora report`` can rebuild
+everything without training. Numbers are whatever the runs measured; nothing is filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+from sparselora.runs import CONFIG_FILE, METRICS_FILE
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    better: Literal["max", "min"]
+    fmt: str  # format of the mean and std
+
+
+COLUMNS = [
+    Column("accuracy", "Accuracy", "max", "{:.4f}"),
+    Column("f1", "F1", "max", "{:.4f}"),
+    Column("exact_match", "Exact match", "max", "{:.4f}"),
+    Column("perplexity", "Perplexity", "min", "{:.2f}"),
+    Column("eval_loss", "Loss", "min", "{:.4f}"),
+    Column("sparsity", "Sparsity", "max", "{:.3f}"),
+    Column("trainable_params", "Trainable params", "min", "{:,.0f}"),
+    Column("nonzero_params", "Nonzero params", "min", "{:,.0f}"),
+    Column("peak_mb", "Peak memory (MB)", "min", "{:,.0f}"),
+    Column("ms_per_step", "ms/step", "min", "{:,.0f}"),
+    Column("latency_ms", "Inference latency (ms/batch)", "min", "{:,.1f}"),
+    Column("flops_per_token", "Train GFLOPs/token", "min", "{:.4f}"),
+]
+PRIMARY_METRICS = ("accuracy", "exact_match", "perplexity", "eval_loss")
+ALPHA = 0.05
+
+
+def split_run_name(name: str) -> tuple[str, str, int] | None:
+    """``sst2__lora__s0`` → (task, label, seed); None for folders that are not cells."""
+    parts = name.split("__")
+    if len(parts) != 3 or not parts[2].startswith("s") or not parts[2][1:].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2][1:])
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """The flat measurements of one finished run."""
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    task_metrics, method = metrics["task_metrics"], metrics.get("method", {})
+    params = metrics["params"]
+    row: dict[str, Any] = {key: task_metrics.get(key) for key in ("accuracy", "f1", "exact_match", "perplexity")}
+    row |= {
+        "eval_loss": task_metrics.get("eval_loss"),
+        "sparsity": method.get("adapter_sparsity", params.get("trainable_sparsity")),
+        "trainable_params": params["trainable"],
+        "nonzero_params": params["nonzero_trainable"],
+        "peak_mb": metrics["memory"]["peak_mb"],
+        "ms_per_step": metrics["train"]["median_step_ms"],
+        "latency_ms": metrics["inference"]["median_batch_latency_ms"],
+        "flops_per_token": _train_flops_per_token(run_dir, metrics),
+        "method": metrics["run"]["method"],
+    }
+    return row
+
+
+def _train_flops_per_token(run_dir: Path, metrics: dict[str, Any]) -> float | None:
+    """Training-step GFLOPs per token from the FLOPs calculator, for the run's model and method."""
+    from sparselora.flops import run_flops_per_token
+
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        return run_flops_per_token(config, metrics) / 1e9
+    except (ValueError, KeyError, OSError):
+        return None  # architecture outside the map: the column stays empty
+
+
+def collect(results_dir: Path) -> pd.DataFrame:
+    """One row per finished or failed cell: task, label, seed, status, error and measurements."""
+    rows = []
+    runs = results_dir / "runs"
+    for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+        cell = split_run_name(run_dir.name)
+        if cell and (run_dir / METRICS_FILE).is_file():
+            rows.append({"task": cell[0], "label": cell[1], "seed": cell[2], "status": "finished", **run_row(run_dir)})
+    finished = {(r["task"], r["label"], r["seed"]) for r in rows}
+    for failure in sorted((results_dir / "failed").glob("*.json")):
+        record = json.loads(failure.read_text())
+        if (record["task"], record["label"], record["seed"]) not in finished:
+            rows.append(
+                {k: record[k] for k in ("task", "label", "seed")} | {"status": "failed", "error": record["error"]}
+            )
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def aggregate(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Mean and std per label over finished seeds, in the comparison's method order."""
+    records = []
+    for label in [label for label in order if label in set(frame["label"])]:
+        group = frame[frame["label"] == label]
+        done = group[group["status"] == "finished"]
+        record: dict[str, Any] = {
+            "label": label,
+            "seeds": len(done),
+            "failed": int((group["status"] == "failed").sum()),
+        }
+        record["method"] = done["method"].iloc[0] if len(done) else None
+        if record["failed"]:
+            record["error"] = group.loc[group["status"] == "failed", "error"].iloc[0]
+        for column in COLUMNS:
+            if column.key in done:
+                record[f"{column.key}_mean"], record[f"{column.key}_std"] = _mean_std(done[column.key])
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def present_columns(summary: pd.DataFrame) -> list[Column]:
+    return [c for c in COLUMNS if f"{c.key}_mean" in summary and summary[f"{c.key}_mean"].notna().any()]
+
+
+def primary_metric(summary: pd.DataFrame) -> str:
+    return next(key for key in PRIMARY_METRICS if f"{key}_mean" in summary and summary[f"{key}_mean"].notna().any())
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    label: str
+    metric: str
+    n: int
+    mean_difference: float
+    ci95: tuple[float, float]
+    p_value: float | None  # None: fewer than 3 paired seeds
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+
+def paired_test(frame: pd.DataFrame, label: str, reference: str, metric: str) -> PairedTest | None:
+    """Paired t-test over the seeds both methods finished (difference = method − reference)."""
+    done = frame[(frame["status"] == "finished") & frame[metric].notna()]
+    pairs = (
+        done[done["label"] == label]
+        .set_index("seed")[metric]
+        .to_frame("method")
+        .join(done[done["label"] == reference].set_index("seed")[metric].to_frame("reference"), how="inner")
+        .astype(float)
+    )
+    if pairs.empty:
+        return None
+    differences = (pairs["method"] - pairs["reference"]).to_numpy()
+    n, mean = len(differences), float(differences.mean())
+    if n < 3:
+        return PairedTest(label, metric, n, mean, (math.nan, math.nan), None)
+    sem = float(differences.std(ddof=1) / np.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1) * sem)
+    p_value = float(stats.ttest_rel(pairs["method"], pairs["reference"]).pvalue) if sem > 0 else 1.0
+    return PairedTest(label, metric, n, mean, (mean - half, mean + half), p_value)
+
+
+def _best(summary: pd.DataFrame, column: Column) -> float | None:
+    values = summary[f"{column.key}_mean"].dropna()
+    if values.empty:
+        return None
+    return float(values.max() if column.better == "max" else values.min())
+
+
+def format_cell(mean: float, std: float, column: Column, best: float | None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = column.fmt.format(mean)
+    if std is not None and not math.isnan(std):
+        text += " ± " + column.fmt.format(std)
+    return f"**{text}**" if best is not None and math.isclose(mean, best, rel_tol=1e-12) else text
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    columns = present_columns(summary)
+    header = ["Method", "Seeds", *[c.header for c in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = {c.key: _best(summary, c) for c in columns}
+    for _, row in summary.iterrows():
+        seeds = f"{row['seeds']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        if row["seeds"] == 0:
+            cells = [f"failed: {_short(row.get('error', ''))}"] + ["–"] * (len(columns) - 1)
+        else:
+            cells = [format_cell(row[f"{c.key}_mean"], row[f"{c.key}_std"], c, best[c.key]) for c in columns]
+        lines.append("| " + " | ".join([str(row["label"]), seeds, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _short(error: str, limit: int = 90) -> str:
+    first = str(error).splitlines()[0] if error else ""
+    return (first[: limit - 1] + "…" if len(first) > limit else first).replace("|", "/")
+
+
+def summary_sentences(frame: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list[str]:
+    """Differences vs the reference, with the paired test where ≥ 3 seeds exist."""
+    if reference not in set(summary["label"]):
+        return [f"The reference method '{reference}' has no finished runs: no comparison."]
+    metric = primary_metric(summary)
+    ref = summary.set_index("label").loc[reference]
+    sentences = []
+    for _, row in summary.iterrows():
+        if row["label"] == reference or row["seeds"] == 0:
+            continue
+        test = paired_test(frame, row["label"], reference, metric)
+        if test is None:
+            sentences.append(f"- **{row['label']}**: no seed in common with {reference}.")
+            continue
+        scale, unit = (100, " pt") if metric in ("accuracy", "exact_match") else (1, "")
+        text = f"- **{row['label']}**: {metric} {test.mean_difference * scale:+.2f}{unit} vs {reference}"
+        if test.p_value is None:
+            text += f" ({test.n} paired seed(s): too few for a test)"
+        else:
+            low, high = (v * scale for v in test.ci95)
+            verdict = "significant" if test.significant else "not significant"
+            text += f" (95% CI {low:+.2f} to {high:+.2f}; paired t-test over {test.n} seeds p = {test.p_value:.3f}, "
+            text += f"{verdict} at {ALPHA})"
+        ratios = []
+        for key, name in (("ms_per_step", "time/step"), ("peak_mb", "peak memory"), ("trainable_params", "trainable")):
+            if ref.get(f"{key}_mean") and not math.isnan(ref[f"{key}_mean"]):
+                ratios.append(f"{name} ×{row[f'{key}_mean'] / ref[f'{key}_mean']:.2f}")
+        sentences.append(text + "; " + ", ".join(ratios) + ".")
+    return sentences
+
+
+def write_task_results(frame: pd.DataFrame, order: list[str], reference: str, folder: Path, title: str) -> pd.DataFrame:
+    """results.md, results.csv (per seed) and results.json (aggregated) for one task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = aggregate(frame, order)
+    frame.sort_values(["label", "seed"]).to_csv(folder / "results.csv", index=False)
+    (folder / "results.json").write_text(summary.to_json(orient="records", indent=2) + "\n")
+    lines = [f"# {title}", "", markdown_table(summary), "", "Mean ± std over seeds; best value per column in bold.", ""]
+    lines += ["## Differences vs the reference", "", *summary_sentences(frame, summary, reference), ""]
+    (folder / "results.md").write_text("\n".join(lines))
+    return summary

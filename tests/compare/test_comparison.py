@@ -1,0 +1,132 @@
+"""sparselora compare: cells as run folders, resume after a kill, failed cells recorded, reports rebuilt."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sparselora.cli import app
+from sparselora.compare import plan as plan_module
+from sparselora.compare import runner
+from sparselora.compare.plan import CompareConfig, parse_only, plan_cells
+from sparselora.config import ConfigError
+from sparselora.report.comparison import NotAResultsFolderError, build_report
+from tests.conftest import tiny_run
+
+
+def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=()) -> CompareConfig:
+    shared = tiny_run(model_dir, out, max_steps=3)
+    for key in ("output_dir", "method", "task"):
+        shared.pop(key)
+    return CompareConfig(
+        name="tiny",
+        output_dir=out,
+        reference="lora",
+        seeds=list(seeds),
+        tasks=["sst2"],
+        shared=shared,
+        methods=methods or {"lora": {}, "lora_l1": {"l1_lambda": 1.0}},
+        targets=list(targets),
+    )
+
+
+def test_cells_and_only_filter(tmp_path):
+    config = _comparison("m", tmp_path)
+    assert len(plan_cells(config)) == 6
+    only = plan_cells(config, parse_only("method=lora_l1,seed=2"))
+    assert [c.run_name for c in only] == ["sst2__lora_l1__s2"]
+    with pytest.raises(ConfigError, match="matches no cell"):
+        plan_cells(config, {"method": "dora"})
+    with pytest.raises(ConfigError, match="--only"):
+        parse_only("lr=3")
+
+
+def test_reference_must_be_a_method(tmp_path):
+    with pytest.raises(ValueError, match="reference"):
+        CompareConfig(output_dir=tmp_path, reference="full", methods={"lora": {}})
+
+
+def test_interrupted_comparison_finishes_only_the_missing_cells(tiny_bert_dir, data_env, tmp_path, monkeypatch):
+    config = _comparison(tiny_bert_dir, tmp_path, seeds=(0, 1))
+    real_run_cell = runner.run_cell
+    trained = []
+
+    def killed_at_third(config, cell):
+        if len(trained) == 2:
+            # a kill mid-cell: a partial folder is left behind and the process dies
+            (plan_module.runs_dir(config) / f".{cell.run_name}.partial").mkdir(parents=True)
+            raise KeyboardInterrupt
+        trained.append(cell.run_name)
+        real_run_cell(config, cell)
+
+    monkeypatch.setattr(runner, "run_cell", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_comparison(config, progress=False)
+    first = list(trained)
+    assert len(first) == 2
+
+    monkeypatch.setattr(runner, "run_cell", lambda c, cell: (trained.append(cell.run_name), real_run_cell(c, cell)))
+    status = runner.run_comparison(config, progress=False)
+    assert [c.run_name for c in status.skipped] == first
+    assert len(status.finished) == 2 and set(trained[2:]).isdisjoint(first)
+    assert all((tmp_path / "runs" / c.run_name / "metrics.json").is_file() for c in plan_cells(config))
+
+
+def test_failed_cells_are_recorded_and_the_rest_run(tiny_bert_dir, data_env, tmp_path):
+    methods = {
+        "lora": {},
+        "typo": {"method": "lora", "lora_rank": 4},  # bad key
+        "diverges": {"method": "full", "learning_rate": 1.0e30, "logging_steps": 1},  # NaN loss
+    }
+    config = _comparison(tiny_bert_dir, tmp_path, methods=methods, seeds=(0,))
+    status = runner.run_comparison(config, progress=False)
+    assert [c.label for c in status.finished] == ["lora"]
+    assert sorted(c.label for c in status.failed) == ["diverges", "typo"]
+    assert "lora_rank" in json.loads((tmp_path / "failed" / "sst2__typo__s0.json").read_text())["error"]
+    diverged = json.loads((tmp_path / "failed" / "sst2__diverges__s0.json").read_text())["error"]
+    assert "TrainingDivergedError" in diverged
+    assert not (tmp_path / "runs" / "sst2__diverges__s0").exists()
+    build_report(tmp_path)
+    table = (tmp_path / "sst2" / "results.md").read_text()
+    assert "| typo | 0 (1 failed) | failed: ConfigError" in table
+
+
+def test_report_tables_statistics_plots_and_validation(tiny_bert_dir, data_env, tmp_path):
+    targets = [{"metric": "accuracy", "min_ratio": 0.5}, {"metric": "trainable_params", "max_ratio": 0.5}]
+    config = _comparison(tiny_bert_dir, tmp_path, targets=targets)
+    runner.run_comparison(config, progress=False)
+    written = build_report(tmp_path)
+    results = tmp_path / "sst2"
+    for name in ("results.md", "results.csv", "results.json", "plots/quality_vs_time.png", "plots/loss_curves.svg"):
+        assert (results / name).is_file(), name
+    assert all(path.is_file() for path in written)
+    summary = json.loads((results / "results.json").read_text())
+    lora = next(row for row in summary if row["label"] == "lora")
+    per_seed = [json.loads((tmp_path / "runs" / f"sst2__lora__s{s}" / "metrics.json").read_text()) for s in range(3)]
+    accuracies = [m["task_metrics"]["accuracy"] for m in per_seed]
+    assert lora["accuracy_mean"] == pytest.approx(sum(accuracies) / 3)  # computed from the runs
+    assert lora["flops_per_token_mean"] > 0
+    markdown = (results / "results.md").read_text()
+    assert "paired t-test over 3 seeds" in markdown and " ± " in markdown and "**" in markdown
+    validation = (tmp_path / "validation.md").read_text()
+    # lora_l1 trains the same parameters as lora: ratio 1.0 > 0.5 → FAIL, computed not assumed
+    assert "| lora_l1 | trainable_params / lora | 1.000 | ≤ 0.5 | FAIL |" in validation
+
+
+def test_cli_compare_then_report(tiny_bert_dir, data_env, tmp_path):
+    config = _comparison(tiny_bert_dir, tmp_path / "out", methods={"lora": {}}, seeds=(0,))
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["compare", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 cell(s) trained" in result.output
+    again = CliRunner().invoke(app, ["compare", str(path)])
+    assert "0 cell(s) trained, 1 already finished" in again.output
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "out")])
+    assert report.exit_code == 0 and "validation.md" in report.output
+
+
+def test_report_on_a_folder_without_a_comparison(tmp_path):
+    with pytest.raises(NotAResultsFolderError, match=r"compare\.yaml"):
+        build_report(tmp_path)
