@@ -318,6 +318,71 @@ def flops(
         console.print(f"written to {json_out}")
 
 
+study_app = typer.Typer(help="The SVD-vs-random study (docs/study/).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("svd-vs-random")
+def study_svd_vs_random(
+    out: Annotated[Path, typer.Option("--out", help="Study folder: phase_a/, phase_b/, phase_c/, report.md.")],
+    phase: Annotated[str, typer.Option(help="a, b, c or all.")] = "all",
+    quick: Annotated[bool, typer.Option(help="Reduced sizes (minutes; used by the tests).")] = False,
+    models: Annotated[
+        str | None, typer.Option(help="Phase B models, comma-separated (default minilm,smollm2; quick: minilm).")
+    ] = None,
+    finetune_model: Annotated[str, typer.Option(help="Phase C model.")] = "minilm",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run phase A (synthetic), B (real weights, real predictor) and/or C (prune → fine-tune), then the report."""
+    import dataclasses
+    import os
+
+    from sparselora.study.finetune import FinetunePlan, run_phase_c
+    from sparselora.study.report import write_report
+    from sparselora.study.synthetic import SyntheticPlan, run_phase_a
+    from sparselora.study.weights import WeightsPlan, run_phase_b
+
+    phases = {"a", "b", "c"} if phase == "all" else {phase.lower()}
+    if not phases <= {"a", "b", "c"}:
+        _fail(ValueError(f"--phase must be a, b, c or all, got '{phase}'"))
+    if data_dir is not None:
+        os.environ["SPARSELORA_DATA_DIR"] = str(data_dir)
+    synthetic = SyntheticPlan.quick() if quick else SyntheticPlan()
+    default_models = ("minilm",) if quick else ("minilm", "smollm2")
+    weights = WeightsPlan(
+        models=tuple(models.split(",")) if models else default_models,
+        **({"analysis_batches": 1, "random_draws": 10} if quick else {}),
+    )
+    finetune = FinetunePlan.quick(finetune_model) if quick else FinetunePlan(model=finetune_model)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"quick": quick}
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text()) | plan
+    for name, value in (("a", synthetic), ("b", weights), ("c", finetune)):
+        if name in phases:
+            plan[f"phase_{name}"] = dataclasses.asdict(value)
+    plan_path.write_text(json.dumps(plan, indent=2) + "\n")
+    if "a" in phases:
+        run_phase_a(out, synthetic)
+    if "b" in phases:
+        run_phase_b(out, weights)
+    if "c" in phases:
+        run_phase_c(out, finetune)
+    console.print(f"report: {write_report(out)}")
+
+
+@study_app.command("report")
+def study_report(study_dir: Annotated[Path, typer.Argument(help="A study folder.")]) -> None:
+    """Rebuild report.md from the phases' CSV files."""
+    from sparselora.study.report import write_report
+
+    try:
+        console.print(str(write_report(study_dir)))
+    except FileNotFoundError as err:
+        _fail(err)
+
+
 @app.command()
 def methods() -> None:
     """List the registered fine-tuning methods."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sparselora.compare.runner import COMPARE_FILE
 from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
 from sparselora.report.results import collect, primary_metric, write_task_results
 from sparselora.report.validation import validation_markdown
-from sparselora.runs import TRAIN_LOG_FILE
+from sparselora.runs import read_train_log
 
 
 class NotAResultsFolderError(FileNotFoundError):
@@ -35,9 +34,10 @@ def loss_curves(results_dir: Path, task: str, labels: list[str]) -> dict[str, tu
     curves = {}
     for label in labels:
         logs = []
-        for log in sorted((results_dir / "runs").glob(f"{task}__{label}__s*/{TRAIN_LOG_FILE}")):
-            entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            logs.append(pd.Series({e["step"]: e["loss"] for e in entries if "loss" in e}))
+        for run_dir in sorted((results_dir / "runs").glob(f"{task}__{label}__s*")):
+            entries = read_train_log(run_dir)
+            if entries:
+                logs.append(pd.Series({e["step"]: e["loss"] for e in entries if "loss" in e}))
         if logs:
             mean = pd.concat(logs, axis=1).mean(axis=1).sort_index()
             curves[label] = (mean.index.tolist(), mean.tolist())

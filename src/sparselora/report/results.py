@@ -14,10 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
-from sparselora.runs import CONFIG_FILE, METRICS_FILE
+from sparselora.runs import METRICS_FILE, read_run
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def split_run_name(name: str) -> tuple[str, str, int] | None:
 
 def run_row(run_dir: Path) -> dict[str, Any]:
     """The flat measurements of one finished run."""
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    config, metrics = read_run(run_dir)
     task_metrics, method = metrics["task_metrics"], metrics.get("method", {})
     params = metrics["params"]
     row: dict[str, Any] = {key: task_metrics.get(key) for key in ("accuracy", "f1", "exact_match", "perplexity")}
@@ -68,18 +67,17 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "peak_mb": metrics["memory"]["peak_mb"],
         "ms_per_step": metrics["train"]["median_step_ms"],
         "latency_ms": metrics["inference"]["median_batch_latency_ms"],
-        "flops_per_token": _train_flops_per_token(run_dir, metrics),
+        "flops_per_token": _train_flops_per_token(config, metrics),
         "method": metrics["run"]["method"],
     }
     return row
 
 
-def _train_flops_per_token(run_dir: Path, metrics: dict[str, Any]) -> float | None:
+def _train_flops_per_token(config: dict[str, Any], metrics: dict[str, Any]) -> float | None:
     """Training-step GFLOPs per token from the FLOPs calculator, for the run's model and method."""
     from sparselora.flops import run_flops_per_token
 
     try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
         return run_flops_per_token(config, metrics) / 1e9
     except (ValueError, KeyError, OSError):
         return None  # architecture outside the map: the column stays empty
