@@ -29,7 +29,7 @@ DataDirOption = Annotated[
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -67,6 +67,7 @@ def train(
 ) -> None:
     """Train one (model, task, method) run and write runs/<name>/."""
     from sparselora.config import load_config
+    from sparselora.train import TrainingDivergedError
     from sparselora.train import train as run_training
 
     overrides = list(set_ or [])
@@ -75,7 +76,7 @@ def train(
     try:
         run_config = load_config(config, overrides)
         run_dir = run_training(run_config, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as err:
         _fail(err)
     if run_dir is not None:
         print_run_summary(run_dir)
@@ -224,26 +225,41 @@ def compare(
     only: Annotated[
         str | None, typer.Option("--only", help="Run only matching cells: method=lora,task=sst2,seed=1 (any subset).")
     ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a shared run key for every cell (repeatable).")
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Results folder (default: the config's output_dir).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds instead of the config's.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots, validation.md."""
     from sparselora.compare import load_compare_config, run_comparison
     from sparselora.compare.plan import parse_only
-    from sparselora.config import ConfigError
+    from sparselora.compare.runner import StaleCellError
+    from sparselora.config import parse_overrides
     from sparselora.report.comparison import build_report
 
     try:
         comparison = load_compare_config(config)
+        comparison.shared.update(parse_overrides(overrides or []))
         if data_dir is not None:
             comparison.shared.setdefault("data_dir", str(data_dir))
+        if output_dir is not None:
+            comparison.output_dir = output_dir
+        if seeds:
+            comparison.seeds = [int(seed) for seed in seeds.split(",")]
         status = run_comparison(comparison, parse_only(only))
-    except ConfigError as err:
+    except (ValueError, StaleCellError) as err:
         _fail(err)
     console.print(
         f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, {len(status.failed)} failed"
         + (f": {', '.join(c.run_name for c in status.failed)} (see failed/)" if status.failed else "")
     )
-    written = build_report(Path(comparison.output_dir), command=f"sparselora compare {config}")
+    options = [f"--set {pair}" for pair in overrides or []]
+    options += [f"--output-dir {output_dir}"] if output_dir else []
+    options += [f"--seeds {seeds}"] if seeds else []
+    command = " ".join(["sparselora compare", str(config), *options])
+    written = build_report(Path(comparison.output_dir), command=command)
     console.print(f"tables, plots and validation.md in {comparison.output_dir} ({len(written)} files)")
     if status.failed:
         raise typer.Exit(code=1)
@@ -381,6 +397,52 @@ def study_report(study_dir: Annotated[Path, typer.Argument(help="A study folder.
         console.print(str(write_report(study_dir)))
     except FileNotFoundError as err:
         _fail(err)
+
+
+@app.command()
+def lens(
+    model: Annotated[str, typer.Argument(help="Model alias, folder or Hub id.")],
+    task: Annotated[str, typer.Argument(help="Task whose training batches score the layers.")],
+    overrides: SetOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for layer_scores.json/.png (default runs/lens_<model>_<task>).")
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """LayerLens on its own: score every layer on calibration batches, show the ranks a budget buys."""
+    from transformers import set_seed
+
+    from sparselora.config import ConfigError, build_config, parse_overrides
+    from sparselora.methods import BuildContext
+    from sparselora.methods.layerlens import BudgetTooSmallError, allocate_ranks, score_layers, write_lens_outputs
+    from sparselora.pipeline import load_inputs
+
+    try:
+        raw = {"model": model, "task": task, "method": "layerlens", **parse_overrides(overrides or [])}
+        if data_dir is not None:
+            raw["data_dir"] = str(data_dir)
+        config = build_config(raw)
+        set_seed(config.seed)
+        inputs = load_inputs(config)
+        base, new_modules = inputs.load_base_model()
+        options = config.method_options
+        context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
+        batches = [batch for _, batch in zip(range(options.lens_batches), inputs.train_loader(), strict=False)]
+        scores = score_layers(base, batches, inputs.arch, options, context)
+        budget = int(options.trainable_budget * sum(p.numel() for p in base.parameters()))
+        ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)
+    except (ConfigError, BudgetTooSmallError, ValueError) as err:
+        _fail(err)
+    table = Table(title=f"LayerLens: {model} / {task} (budget {budget:,} adapter params)")
+    for column in ("layer", "score", "share", "params per rank", "rank"):
+        table.add_column(column, justify="right")
+    total = sum(scores.scores)
+    for layer, (score, cost) in enumerate(zip(scores.scores, scores.cost_per_rank, strict=True)):
+        table.add_row(str(layer), f"{score:.3g}", f"{score / total:.1%}", f"{cost:,}", str(ranks.get(layer, "–")))
+    console.print(table)
+    folder = out or Path("runs") / f"lens_{Path(model).name}_{task}"
+    write_lens_outputs(scores, ranks, budget, folder, title=f"LayerLens: {model} / {task}")
+    console.print(f"scores and plot in {folder}")
 
 
 @app.command()

@@ -85,7 +85,8 @@ def test_failed_cells_are_recorded_and_the_rest_run(tiny_bert_dir, data_env, tmp
     assert sorted(c.label for c in status.failed) == ["diverges", "typo"]
     assert "lora_rank" in json.loads((tmp_path / "failed" / "sst2__typo__s0.json").read_text())["error"]
     diverged = json.loads((tmp_path / "failed" / "sst2__diverges__s0.json").read_text())["error"]
-    assert "TrainingDivergedError" in diverged
+    assert diverged.startswith("TrainingDivergedError: training loss became nan")
+    assert (tmp_path / "logs" / "sst2__diverges__s0.log").is_file()  # the whole output is kept
     assert not (tmp_path / "runs" / "sst2__diverges__s0").exists()
     build_report(tmp_path)
     table = (tmp_path / "sst2" / "results.md").read_text()
@@ -125,6 +126,15 @@ def test_cli_compare_then_report(tiny_bert_dir, data_env, tmp_path):
     assert "0 cell(s) trained, 1 already finished" in again.output
     report = CliRunner().invoke(app, ["report", str(tmp_path / "out")])
     assert report.exit_code == 0 and "validation.md" in report.output
+
+
+def test_changed_settings_are_not_mixed_into_a_resumed_comparison(tiny_bert_dir, data_env, tmp_path):
+    config = _comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
+    runner.run_comparison(config, progress=False)
+    changed = config.model_copy(update={"methods": {"lora": {"learning_rate": 0.01}}})
+    with pytest.raises(runner.StaleCellError, match=r"learning_rate 0\.001 → 0\.01"):
+        runner.run_comparison(changed, progress=False)
+    assert runner.run_comparison(config, progress=False).skipped  # unchanged config: resumes as before
 
 
 def test_report_on_a_folder_without_a_comparison(tmp_path):

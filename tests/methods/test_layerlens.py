@@ -48,3 +48,16 @@ def test_layerlens_budget_too_small_in_a_run(tiny_bert_dir, data_env, tmp_path):
     config = tiny_run(tiny_bert_dir, tmp_path, method="layerlens", trainable_budget=1e-6, max_steps=1)
     with pytest.raises(BudgetTooSmallError, match="trainable_budget"):
         train(build_config(config))
+
+
+def test_lens_command_prints_and_plots(tiny_bert_dir, data_env, tmp_path):
+    from typer.testing import CliRunner
+
+    from sparselora.cli import app
+
+    args = ["lens", str(tiny_bert_dir), "sst2", "--set", "lens_batches=2", "--set", "trainable_budget=0.0005"]
+    result = CliRunner().invoke(app, [*args, "--set", "lora_r=4", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "LayerLens" in result.output and (tmp_path / "layer_scores.png").is_file()
+    small = CliRunner().invoke(app, [*args[:4], "--set", "trainable_budget=1e-7", "--out", str(tmp_path)])
+    assert small.exit_code == 2 and "trainable_budget" in small.output

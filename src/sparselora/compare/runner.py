@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +19,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
-from sparselora.config import build_config
-from sparselora.runs import METRICS_FILE
+from sparselora.config import ConfigError, build_config
+from sparselora.runs import METRICS_FILE, read_run
 
 logger = logging.getLogger(__name__)
 
 FAILED_DIR = "failed"
+CELLS_DIR = "cells"  # each cell's resolved run config
+LOGS_DIR = "logs"  # each cell's training output
 COMPARE_FILE = "compare.yaml"
 
 
@@ -37,14 +41,80 @@ def cell_finished(config: CompareConfig, cell: Cell) -> bool:
     return (runs_dir(config) / cell.run_name / METRICS_FILE).is_file()
 
 
+# where things are read from or shown, not what is trained: moving them does not make a cell stale
+_LOCATION_KEYS = {"output_dir", "data_dir", "progress"}
+
+
+class StaleCellError(RuntimeError):
+    """A finished cell was trained with settings the comparison config no longer has."""
+
+
+def changed_keys(config: CompareConfig, cell: Cell) -> dict[str, tuple]:
+    """Keys whose resolved value differs between the finished run and the current config."""
+    saved, _ = read_run(runs_dir(config) / cell.run_name)
+    wanted = build_config(cell.run_keys(config)).to_flat_dict()
+    return {
+        key: (saved.get(key), value)
+        for key, value in wanted.items()
+        if key not in _LOCATION_KEYS and saved.get(key) != value
+    }
+
+
+def check_not_stale(config: CompareConfig, cells: list[Cell]) -> None:
+    """Resuming must not mix settings: refuse when a finished cell no longer matches the config."""
+    stale = {}
+    for cell in cells:
+        if cell_finished(config, cell):
+            try:
+                changed = changed_keys(config, cell)
+            except ConfigError:
+                continue  # the cell's keys are invalid now: it will fail and be recorded on its own
+            if changed:
+                stale[cell.run_name] = changed
+    if stale:
+        details = "; ".join(
+            f"{name}: " + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in changed.items())
+            for name, changed in stale.items()
+        )
+        raise StaleCellError(
+            f"finished cells were trained with other settings than the config now asks for ({details}). "
+            f"Delete those folders under '{runs_dir(config)}' to re-run them, or restore the config."
+        )
+
+
 def failure_path(results_dir: Path, cell: Cell) -> Path:
     return results_dir / FAILED_DIR / f"{cell.run_name}.json"
 
 
-def run_cell(config: CompareConfig, cell: Cell) -> None:
-    from sparselora.train import train  # heavy import, only when something trains
+class CellFailedError(RuntimeError):
+    """A cell's training process exited with an error (the message is its error line)."""
 
-    train(build_config(cell.run_keys(config), source=f"(cell {cell.run_name}) "))
+
+def run_cell(config: CompareConfig, cell: Cell) -> None:
+    """Train one cell in its own Python process.
+
+    A fresh process per cell makes its measurements its own — peak RSS above all, which in a
+    long-lived process would include what earlier cells left behind — and a crash, even a
+    segfault, cannot take the comparison down. The cell's config and full log are kept.
+    """
+    results_dir = Path(config.output_dir)
+    cell_config = results_dir / CELLS_DIR / f"{cell.run_name}.yaml"
+    log = results_dir / LOGS_DIR / f"{cell.run_name}.log"
+    cell_config.parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cell_config.write_text(yaml.safe_dump(cell.run_keys(config), sort_keys=False))
+    with log.open("w") as handle:
+        command = [sys.executable, "-m", "sparselora.cli", "train", str(cell_config)]
+        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if completed.returncode != 0:
+        raise CellFailedError(_error_line(log))
+
+
+def _error_line(log: Path) -> str:
+    """The CLI's ``error: ...`` line, else the end of a traceback."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else (lines[-1] if lines else f"exited with an error; see {log}")
 
 
 def run_comparison(
@@ -55,6 +125,7 @@ def run_comparison(
     (results_dir / COMPARE_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     status = ComparisonStatus()
     cells = plan_cells(config, only)
+    check_not_stale(config, cells)
     bar = tqdm(cells, desc=config.name, unit="cell", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.run_name)
@@ -68,7 +139,8 @@ def run_comparison(
             logger.error("cell %s failed: %s", cell.run_name, err)
             failure.parent.mkdir(exist_ok=True)
             payload = {"cell": cell.run_name, "label": cell.label, "task": cell.task, "seed": cell.seed}
-            payload |= {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+            error = str(err) if isinstance(err, CellFailedError) else f"{type(err).__name__}: {err}"
+            payload |= {"error": error, "traceback": traceback.format_exc()}
             failure.write_text(json.dumps(payload, indent=2) + "\n")
             status.failed.append(cell)
             continue

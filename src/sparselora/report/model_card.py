@@ -57,12 +57,18 @@ def _adapter_section(run_dir: Path) -> list[str]:
     adapter = json.loads((run_dir / "adapter_config.json").read_text())
     targets = adapter.get("target_modules")
     targets = sorted(targets) if isinstance(targets, list) else targets
+    rank = adapter.get("r")
+    if adapter.get("peft_type") == "ADALORA":
+        rank = f"{adapter.get('init_r')} at start → {adapter.get('target_r')} on average (budget reallocated)"
+    elif adapter.get("rank_pattern"):
+        pattern = adapter["rank_pattern"]
+        rank = "per module: " + ", ".join(f"`{name}` {r}" for name, r in sorted(pattern.items()))
     rows = [
         ("PEFT type", adapter.get("peft_type")),
         ("Task type", adapter.get("task_type") or "none (generic PeftModel)"),
-        ("Rank r", adapter.get("r")),
-        ("Alpha", adapter.get("lora_alpha")),
-        ("Dropout", adapter.get("lora_dropout")),
+        ("Rank r", rank),
+        ("Alpha", adapter.get("lora_alpha", "–")),
+        ("Dropout", adapter.get("lora_dropout", adapter.get("hira_dropout", "–"))),
         ("Target modules", ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"),
         ("Also trained and saved", ", ".join(f"`{m}`" for m in adapter.get("modules_to_save") or []) or "nothing else"),
     ]
@@ -132,6 +138,16 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         ),
         "```",
         "",
+        *(
+            [
+                "The adapter was trained on a base model loaded in 4-bit NF4 (bitsandbytes); load the base with "
+                "the same `quantization_config` (see `sparselora.methods.qlora.quantization_kwargs`) to reproduce "
+                "the metrics exactly.",
+                "",
+            ]
+            if config.method == "qlora"
+            else []
+        ),
         f"Re-evaluate with `sparselora eval {Path(config.output_dir) / config.run_name}`.",
         "",
         "## Framework versions",

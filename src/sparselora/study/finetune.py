@@ -37,7 +37,7 @@ class FinetunePlan:
     column_ranks: tuple[int, ...] = (8,)  # column pruning is run at these ranks
     ablation_targets: tuple[str, ...] = ("ffn",)  # besides attn_qv, at main_rank, rank structure
     random_repeats: int = 30
-    other_random_repeats: int = 5
+    other_random_repeats: int = 3
     recovery_steps: int = 10
     recovery_random_repeats: int = 5
     train_keys: dict[str, Any] = field(
@@ -49,7 +49,7 @@ class FinetunePlan:
             "learning_rate": 1e-3,
             "warmup_ratio": 0.06,
             "weight_decay": 0.01,
-            "max_eval_samples": 436,
+            "max_eval_samples": 300,
             "eval_batch_size": 64,
             "progress": False,
         }
@@ -198,6 +198,8 @@ def run_phase_c(out: Path, plan: FinetunePlan, progress: bool = True) -> pd.Data
         weights, masks = prune_adapters(adapter.model, 1 - keep, setting.structure, importance, generator=generator)
         step_ms = adapter.recover(weights, masks, plan.recovery_steps, plan.seed + repeat) if setting.recover else 0.0
         rows.append(_row(setting, keep, importance, repeat, adapter.evaluate(), step_ms))
+        if len(rows) % 25 == 0:  # an interrupted phase keeps what it measured
+            pd.DataFrame(rows).to_csv(folder / "results.partial.csv", index=False)
     results = pd.DataFrame(rows)
     results.to_csv(folder / "results.csv", index=False)
     summary = phase_c_stats(results)

@@ -41,12 +41,12 @@ def plot_phase_a(results: pd.DataFrame, folder: Path) -> list[Path]:
     return _errors_by_k(
         results,
         "rank_k",
-        "Rank-k approximation: SVD vs random projection (mean ± std over matrices)",
+        "Rank-k approximation: SVD vs random projection (mean ± std over matrices of all shapes)",
         folder / "rank_k_comparison",
     ) + _errors_by_k(
         results,
         "columns",
-        "Column pruning at equal storage: SVD leverage vs magnitude vs random",
+        "Column pruning at equal storage: SVD leverage vs magnitude vs random (mean ± std, all shapes)",
         folder / "column_prune_comparison",
     )
 
