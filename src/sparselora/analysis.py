@@ -33,7 +33,6 @@ def open_session(config: RunConfig, num_batches: int) -> SparseSession:
     context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
     setup = get_method("sparselora").build(base, context)
     engine: SparseLoRAEngine = setup.callbacks[0].engine
-    loader = inputs.train_loader()
-    batches = [batch for _, batch in zip(range(num_batches), loader, strict=False)]
+    batches = inputs.first_batches(num_batches)
     engine.calibrate_outliers(setup.model, batches[: config.method_options.calibration_steps])
     return SparseSession(model=setup.model, engine=engine, batches=batches)

@@ -427,7 +427,7 @@ def lens(
         base, new_modules = inputs.load_base_model()
         options = config.method_options
         context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
-        batches = [batch for _, batch in zip(range(options.lens_batches), inputs.train_loader(), strict=False)]
+        batches = inputs.first_batches(options.lens_batches)
         scores = score_layers(base, batches, inputs.arch, options, context)
         budget = int(options.trainable_budget * sum(p.numel() for p in base.parameters()))
         ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)

@@ -16,6 +16,7 @@ of each batch, so its per-token cost shrinks with batch size.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -235,6 +236,7 @@ def run_flops_per_token(config: dict[str, Any], metrics: dict[str, Any]) -> floa
     return count_flops(shape, setup).total("train")
 
 
+@functools.cache
 def _model_shape(model: str) -> tuple[ModelShape, ArchSpec]:
     from sparselora.models import get_arch, load_config, resolve_model
 

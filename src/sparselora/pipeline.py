@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,10 @@ class RunInputs:
             collate_fn=self.data.train_collator,
             generator=torch.Generator().manual_seed(self.config.seed),
         )
+
+    def first_batches(self, n: int) -> list[dict]:
+        """The first ``n`` training batches: calibration data for outliers, LayerLens, recall."""
+        return list(itertools.islice(self.train_loader(), n))
 
 
 def choose_head(task: TaskSpec, decoder: bool, model_name: str) -> Head:

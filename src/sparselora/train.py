@@ -7,7 +7,6 @@ process 0 evaluates and writes the run folder.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -167,7 +166,7 @@ def train(config: RunConfig, overwrite: bool = False) -> Path | None:
             arch=inputs.arch,
             head=inputs.head,
             new_modules=tuple(new_modules),
-            calibration_batches=lambda n: list(itertools.islice(inputs.train_loader(), n)),
+            calibration_batches=inputs.first_batches,
         )
         setup = get_method(config.method).build(base, context)
 

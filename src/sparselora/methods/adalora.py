@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
-from sparselora.methods.lora import PEFT_TASK_TYPES, LoraOptions, fresh_modules_to_save, resolve_targets
+from sparselora.methods.lora import LoraOptions, adapter_placement
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 
 _PLACEHOLDER_TOTAL_STEPS = 1_000  # replaced by the real step count when training starts
@@ -83,9 +83,7 @@ def build_adalora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         deltaT=options.delta_t,
         orth_reg_weight=options.orth_reg_weight,
         total_step=_PLACEHOLDER_TOTAL_STEPS,
-        target_modules=resolve_targets(model, options, ctx),
-        task_type=PEFT_TASK_TYPES[ctx.head],
-        modules_to_save=fresh_modules_to_save(ctx),
+        **adapter_placement(model, options, ctx),
     )
     peft_model = get_peft_model(model, config)
 

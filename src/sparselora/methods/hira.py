@@ -9,7 +9,7 @@ import peft
 from pydantic import Field
 from transformers import PreTrainedModel
 
-from sparselora.methods.lora import PEFT_TASK_TYPES, LoraOptions, fresh_modules_to_save, resolve_targets
+from sparselora.methods.lora import LoraOptions, adapter_placement
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 
 
@@ -38,10 +38,8 @@ def build_hira(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     config = hira_config_class()(
         r=options.hira_r,
         hira_dropout=options.hira_dropout,
-        target_modules=resolve_targets(model, options, ctx),
-        task_type=PEFT_TASK_TYPES[ctx.head],
         fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
-        modules_to_save=fresh_modules_to_save(ctx),
+        **adapter_placement(model, options, ctx),
     )
     peft_model = peft.get_peft_model(model, config)
     return MethodSetup(model=peft_model, report=lambda: {"adapter_params": _hira_params(peft_model)})

@@ -68,16 +68,23 @@ def fresh_modules_to_save(ctx: BuildContext) -> list[str] | None:
     return extra or None
 
 
+def adapter_placement(model: PreTrainedModel, options: MethodOptions, ctx: BuildContext) -> dict:
+    """The PEFT config fields every adapter method shares: where adapters go and what else is saved."""
+    return {
+        "target_modules": resolve_targets(model, options, ctx),
+        "task_type": PEFT_TASK_TYPES[ctx.head],
+        "modules_to_save": fresh_modules_to_save(ctx),
+    }
+
+
 def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext, **extra) -> LoraConfig:
     """The PEFT config shared by LoRA and its variants (which pass ``extra`` fields)."""
     return LoraConfig(
         r=options.lora_r,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
-        target_modules=resolve_targets(model, options, ctx),
-        task_type=PEFT_TASK_TYPES[ctx.head],
         fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
-        modules_to_save=fresh_modules_to_save(ctx),
+        **adapter_placement(model, options, ctx),
         **extra,
     )
 
