@@ -36,7 +36,9 @@ def lora_run(tiny_bert_dir, shared_data_dir, tmp_path_factory) -> Path:
 
 def test_run_folder_holds_every_output(lora_run):
     assert {p.name for p in lora_run.iterdir()} >= RUN_FILES
-    assert not any(p.name.startswith(".") for p in lora_run.parent.iterdir())  # no partial folder left
+    assert not any(p.name.endswith(".partial") for p in lora_run.parent.iterdir())  # no partial folder left
+    assert not (lora_run / "checkpoints").exists()  # resumable state is removed once finished
+    assert json.loads((lora_run / "status.json").read_text())["state"] == "finished"
     metrics = json.loads((lora_run / "metrics.json").read_text())
     assert set(metrics) == {
         "schema_version",

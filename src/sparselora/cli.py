@@ -13,8 +13,15 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
-app = typer.Typer(help="Sparse fine-tuning of transformers, measured honestly.", no_args_is_help=True)
+from sparselora.atomic import atomic_write_json, atomic_write_text
+
+app = typer.Typer(
+    help="Sparse fine-tuning of transformers, measured honestly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # errors are one paragraph; --debug shows the traceback
+)
 console = Console()
+error_console = Console(stderr=True)
 
 SetOption = Annotated[
     list[str] | None,
@@ -28,9 +35,20 @@ DataDirOption = Annotated[
 ]
 
 
+def _error_paragraph(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
+    error_console.print(f"[bold red]error:[/] {_error_paragraph(err)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full Python traceback of an error.")] = False,
+) -> None:
+    """Sparse fine-tuning of transformers, measured honestly."""
 
 
 def _metrics_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -63,10 +81,18 @@ def train(
     set_: SetOption = None,
     data_dir: DataDirOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of run folders (default runs/).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a finished run folder of the same name.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Start over: replace a finished run once the new one succeeds; drop an unfinished one."),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Require resuming an unfinished run from its last checkpoint (default: if one exists)."),
+    ] = False,
 ) -> None:
-    """Train one (model, task, method) run and write runs/<name>/."""
+    """Train one (model, task, method) run and write runs/<name>/; rerun it to resume after a crash."""
     from sparselora.config import load_config
+    from sparselora.locks import BUSY_EXIT_CODE, LockBusyError
     from sparselora.train import TrainingDivergedError
     from sparselora.train import train as run_training
 
@@ -75,7 +101,10 @@ def train(
     overrides += [f"output_dir={output_dir}"] if output_dir else []
     try:
         run_config = load_config(config, overrides)
-        run_dir = run_training(run_config, overwrite=overwrite)
+        run_dir = run_training(run_config, overwrite=overwrite, resume=resume)
+    except LockBusyError as err:
+        error_console.print(f"[bold red]error:[/] {_error_paragraph(err)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=BUSY_EXIT_CODE) from None
     except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as err:
         _fail(err)
     if run_dir is not None:
@@ -215,7 +244,7 @@ def calibrate(
         f"FLOPs reduction of the sparsifiable projections: {result.flops_reduction:.3f}\n{text}", soft_wrap=True
     )
     if out is not None:
-        out.write_text(text)
+        atomic_write_text(out, text)
         console.print(f"written to {out}")
 
 
@@ -252,7 +281,8 @@ def compare(
     except (ValueError, StaleCellError) as err:
         _fail(err)
     console.print(
-        f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, {len(status.failed)} failed"
+        f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, "
+        f"{len(status.claimed)} being trained by another process, {len(status.failed)} failed"
         + (f": {', '.join(c.run_name for c in status.failed)} (see failed/)" if status.failed else "")
     )
     options = [f"--set {pair}" for pair in overrides or []]
@@ -330,7 +360,7 @@ def flops(
             "sparse": {"layers": [vars(layer) for layer in sparse.layers], "head": vars(sparse.head)},
             "totals": {k: {"dense": dense.total(k), "sparse": sparse.total(k)} for k in ("forward", "train")},
         }
-        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(json_out, payload)
         console.print(f"written to {json_out}")
 
 
@@ -378,7 +408,7 @@ def study_svd_vs_random(
     for name, value in (("a", synthetic), ("b", weights), ("c", finetune)):
         if name in phases:
             plan[f"phase_{name}"] = dataclasses.asdict(value)
-    plan_path.write_text(json.dumps(plan, indent=2) + "\n")
+    atomic_write_json(plan_path, plan)
     if "a" in phases:
         run_phase_a(out, synthetic)
     if "b" in phases:
@@ -445,6 +475,22 @@ def lens(
     console.print(f"scores and plot in {folder}")
 
 
+@app.command("runs")
+def runs_(
+    folder: Annotated[Path, typer.Argument(help="A parent folder of run folders.")] = Path("runs"),
+) -> None:
+    """Every run under a folder and its state: finished, running, interrupted (resumable) or failed."""
+    from sparselora.run_states import list_runs
+
+    table = Table(title=f"runs in {folder}")
+    for column in ("run", "state", "last checkpoint", "folder", "error"):
+        table.add_column(column)
+    for entry in list_runs(folder):
+        step = "" if entry.checkpoint_step is None else f"step {entry.checkpoint_step}"
+        table.add_row(entry.name, entry.state, step, str(entry.folder), entry.error or "")
+    console.print(table)
+
+
 @app.command()
 def methods() -> None:
     """List the registered fine-tuning methods."""
@@ -472,13 +518,38 @@ def config_keys() -> None:
     console.print(describe_keys(), highlight=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: every error ends as one paragraph and a non-zero exit code."""
+    import sys
+
+    import click
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Fresh heads are reported in the run's model card; transformers' per-load report is noise here.
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    app()
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    args = ["--debug"] * debug + [arg for arg in args if arg != "--debug"]  # accepted anywhere on the line
+    try:
+        code = app(args=args, prog_name="sparselora", standalone_mode=False)
+    except click.ClickException as err:  # usage errors: unknown option, missing argument
+        err.show()
+        return err.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        error_console.print("interrupted")
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        error_console.print(
+            f"[bold red]error:[/] {_error_paragraph(err)}\n(run with --debug for the Python traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ Errors name the key, what was given and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,11 @@ class ConfigError(ValueError):
     """A config that cannot run: the message names the key and the fix."""
 
 
+# Keys that say where files are or what is shown, not what is trained: a finished or half-finished
+# run stays valid when only these change (resume, comparison cells).
+NON_RESULT_KEYS = frozenset({"output_dir", "data_dir", "progress", "save_steps"})
+
+
 class RunConfig(BaseModel):
     """Everything one training run needs. Method-specific keys live in ``method_options``."""
 
@@ -31,6 +37,9 @@ class RunConfig(BaseModel):
         None, description="Run folder name under output_dir; default <task>_<model>_<method>_s<seed>."
     )
     model: str = Field("minilm", description="Alias (minilm, smollm2), local folder or Hub id.")
+    trust_remote_code: bool = Field(
+        False, description="Let a model folder or Hub repo run its own Python code. Only for sources you trust."
+    )
     task: str = Field("sst2", description="sst2, imdb, mrpc, wikitext2, gsm8k, or csv/tsv/jsonl for your own files.")
     method: str = Field("lora", description="A registered method name (see `sparselora methods`).")
     seed: int = Field(0, description="Seeds model init, dropout and data order.")
@@ -70,6 +79,9 @@ class RunConfig(BaseModel):
 
     # measurement and output
     logging_steps: int = Field(10, gt=0, description="Write a train_log.jsonl line every N steps.")
+    save_steps: int = Field(
+        100, ge=0, description="Write a resumable checkpoint every N steps (0: never); removed once the run finishes."
+    )
     timing_warmup_steps: int = Field(5, ge=0, description="Steps excluded from the median ms/step.")
     max_new_tokens: int = Field(256, gt=0, description="gsm8k: generation length at evaluation.")
     progress: bool = Field(True, description="Show progress bars.")
@@ -165,9 +177,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"'{path}' is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"'{path}' must hold a mapping of config keys, got {type(loaded).__name__}")
-        raw = loaded or {}
+        if loaded is None:
+            raise ConfigError(
+                f"config file '{path}' is empty: write at least `model`, `task` and `method`, "
+                "or omit the file to train with the defaults"
+            )
+        raw = loaded
     raw.update(parse_overrides(overrides or []))
     return build_config(raw, source)
+
+
+def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Result-relevant keys whose value differs between a saved flat config and a wanted one.
+
+    The saved config is resolved again first, so a key added to sparselora since it was written
+    counts with its default instead of as a change.
+    """
+    with contextlib.suppress(ConfigError):  # otherwise compare as written: the differing keys are reported
+        saved = build_config(saved).to_flat_dict()
+    keys = (set(saved) | set(wanted)) - NON_RESULT_KEYS
+    return {key: (saved.get(key), wanted.get(key)) for key in sorted(keys) if saved.get(key) != wanted.get(key)}
 
 
 def describe_keys() -> str:

@@ -11,39 +11,44 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from sparselora.config import RunConfig
 from sparselora.environment import describe_environment
 from sparselora.evaluate import EvalResult, evaluate
+from sparselora.locks import exclusive_lock
 from sparselora.measure import PeakMemory, StepTimer
 from sparselora.methods import BuildContext, get_method
 from sparselora.params import count_parameters
 from sparselora.pipeline import RunInputs, load_inputs
 from sparselora.report.model_card import write_model_card
+from sparselora.resume import checkpoint_step, last_checkpoint, prepare_work_folder
 from sparselora.runs import (
+    CHECKPOINTS_DIR,
     METRICS_FILE,
     METRICS_SCHEMA_VERSION,
     TRAIN_LOG_FILE,
     check_run_folder,
+    lock_path,
+    partial_dir,
     publish,
-    start_run_folder,
     write_config,
     write_json,
+    write_status,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def training_arguments(config: RunConfig, scratch: str, distributed: bool) -> TrainingArguments:
+def training_arguments(config: RunConfig, checkpoints: str, distributed: bool) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=scratch,
+        output_dir=checkpoints,
         per_device_train_batch_size=config.batch_size,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -54,7 +59,9 @@ def training_arguments(config: RunConfig, scratch: str, distributed: bool) -> Tr
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=2,  # the newest may be cut short by a kill; the one before is then complete
         eval_strategy="no",
         report_to="none",
         seed=config.seed,
@@ -136,71 +143,122 @@ def assemble_metrics(
 
 
 class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite: nothing is written."""
+    """The training loss or the weights became NaN or infinite."""
 
 
-def check_finite_loss(log_history: list[dict[str, Any]]) -> None:
-    for entry in log_history:
-        loss = entry.get("loss")
+class NonFiniteGuard(TrainerCallback):
+    """Stops training at the first NaN/inf loss and never lets non-finite weights reach a checkpoint.
+
+    The loss is checked whenever it is logged; the trainable weights (NaN stays NaN under every
+    optimiser) just before each checkpoint is written, so the checkpoints on disk are all good.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.problem: str | None = None
+
+    def _stop(self, control, problem: str) -> None:
+        self.problem = self.problem or problem
+        control.should_save = False
+        control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and not all(bool(torch.isfinite(p).all()) for p in self.parameters):
+            self._stop(control, f"the weights became non-finite by step {state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"training loss became {loss} at step {entry.get('step')}: lower `learning_rate` "
-                "(or raise `warmup_ratio`); no run folder was written."
-            )
+            self._stop(control, f"training loss became {loss} at step {state.global_step}")
 
 
-def train(config: RunConfig, overwrite: bool = False) -> Path | None:
-    """Train one run and write its folder. Returns the folder (None on non-zero ranks)."""
+def diverged_error(problem: str, work: Path) -> TrainingDivergedError:
+    checkpoint = last_checkpoint(work)
+    kept = (
+        f"the last good checkpoint (step {checkpoint_step(checkpoint)}) is kept in '{checkpoint}'"
+        if checkpoint
+        else "no checkpoint had been written yet"
+    )
+    return TrainingDivergedError(
+        f"{problem}: lower `learning_rate` (or raise `warmup_ratio`) and rerun with --overwrite; {kept}."
+    )
+
+
+def train(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Path | None:
+    """Train one run (resuming an unfinished one) and publish its folder. None on non-zero ranks."""
     set_seed(config.seed)
     final_dir = Path(config.output_dir) / config.run_name
-    with tempfile.TemporaryDirectory(prefix="sparselora-trainer-") as scratch:
-        args = training_arguments(config, scratch, distributed=_world_size() > 1)
-        is_main = args.process_index == 0
+    work = partial_dir(final_dir)
+    args = training_arguments(config, str(work / CHECKPOINTS_DIR), distributed=_world_size() > 1)
+    is_main = args.process_index == 0
+    with ExitStack() as claims:
         if is_main:
-            check_run_folder(final_dir, overwrite)  # fail before training, not after
+            claims.enter_context(exclusive_lock(lock_path(final_dir), f"run '{final_dir}'"))
+            check_run_folder(final_dir, overwrite)
+        inputs = load_inputs(config)  # bad data fails here, before the run folder is touched
+        with args.main_process_first(local=False, desc="preparing the run folder"):
+            checkpoint = prepare_work_folder(final_dir, config.to_flat_dict(), overwrite, resume, is_main)
+        try:
+            return _train_and_publish(inputs, args, work, final_dir, checkpoint)
+        except BaseException as err:
+            if is_main and work.is_dir():
+                state = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+                last = last_checkpoint(work)
+                write_status(work, "failed", error=state, last_checkpoint=str(last) if last else None)
+            raise
 
-        inputs = load_inputs(config)
-        base, new_modules = inputs.load_base_model()
-        context = BuildContext(
-            config=config,
-            arch=inputs.arch,
-            head=inputs.head,
-            new_modules=tuple(new_modules),
-            calibration_batches=inputs.first_batches,
-        )
-        setup = get_method(config.method).build(base, context)
 
-        log_path = Path(scratch) / TRAIN_LOG_FILE
-        timer = StepTimer(log_path, config.timing_warmup_steps)
-        trainer = Trainer(
-            model=setup.model,
-            args=args,
-            train_dataset=inputs.data.train,
-            data_collator=inputs.data.train_collator,
-            callbacks=[timer, *setup.callbacks],
-        )
-        with PeakMemory(args.device) as memory:
-            start = time.perf_counter()
-            trainer.train()
-            wall_s = time.perf_counter() - start
-        check_finite_loss(trainer.state.log_history)
-        if not is_main:
-            return None
+def _train_and_publish(
+    inputs: RunInputs, args: TrainingArguments, work: Path, final_dir: Path, checkpoint: Path | None
+) -> Path | None:
+    config = inputs.config
+    is_main = args.process_index == 0
+    resumed_from_step = checkpoint_step(checkpoint) if checkpoint else None  # read now: rotation deletes it
+    if checkpoint is not None and is_main:
+        logger.info("resuming %s from %s", config.run_name, checkpoint)
+    base, new_modules = inputs.load_base_model()
+    context = BuildContext(
+        config=config,
+        arch=inputs.arch,
+        head=inputs.head,
+        new_modules=tuple(new_modules),
+        calibration_batches=inputs.first_batches,
+    )
+    setup = get_method(config.method).build(base, context)
 
-        model = trainer.model
-        eval_result = run_evaluation(model, inputs)
-        method_report = setup.report() if setup.report else {}
-        metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s, method_report)
-        run_dir = start_run_folder(final_dir)
-        model.save_pretrained(run_dir)
-        inputs.tokenizer.save_pretrained(run_dir)
-        shutil.copy(log_path, run_dir / TRAIN_LOG_FILE)
-        if setup.write_artifacts:
-            setup.write_artifacts(run_dir)
-        write_config(run_dir, config.to_flat_dict())
-        write_json(run_dir / METRICS_FILE, metrics)
-        write_model_card(run_dir, config, inputs, metrics)
-        publish(run_dir, final_dir)
+    timer = StepTimer(work / TRAIN_LOG_FILE, config.timing_warmup_steps)
+    guard = NonFiniteGuard(setup.model)
+    trainer = Trainer(
+        model=setup.model,
+        args=args,
+        train_dataset=inputs.data.train,
+        data_collator=inputs.data.train_collator,
+        callbacks=[timer, *setup.callbacks, guard],
+    )
+    with PeakMemory(args.device) as memory:
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        wall_s = time.perf_counter() - start
+    if guard.problem:
+        raise diverged_error(guard.problem, work)
+    if not is_main:
+        return None
+
+    model = trainer.model
+    eval_result = run_evaluation(model, inputs)
+    method_report = setup.report() if setup.report else {}
+    metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s, method_report)
+    metrics["train"]["resumed_from_step"] = resumed_from_step
+    model.save_pretrained(work)
+    inputs.tokenizer.save_pretrained(work)
+    if setup.write_artifacts:
+        setup.write_artifacts(work)
+    write_config(work, config.to_flat_dict())
+    write_model_card(work, config, inputs, metrics)
+    write_json(work / METRICS_FILE, metrics)
+    shutil.rmtree(work / CHECKPOINTS_DIR, ignore_errors=True)  # resumable state is not a result
+    write_status(work, "finished", steps=trainer.state.global_step)
+    publish(work, final_dir)
     logger.info("run written to %s", final_dir)
     return final_dir
 

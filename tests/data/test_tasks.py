@@ -108,12 +108,19 @@ def test_missing_data_names_every_path_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSELORA_DATA_DIR", str(tmp_path / "env-dir"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sparselora.data.sources._REPO_ROOT", tmp_path / "repo")
+    (tmp_path / "cfg-dir").mkdir()
     config = build_config({"task": "mrpc", "data_dir": str(tmp_path / "cfg-dir")})
     with pytest.raises(DataNotFoundError) as err:
         get_task("mrpc").load(config)
     message = str(err.value)
     assert str(tmp_path / "cfg-dir" / "mrpc") in message and str(tmp_path / "env-dir" / "mrpc") in message
     assert "--data-dir" in message
+
+
+def test_a_data_dir_that_does_not_exist_is_named(tmp_path):
+    config = build_config({"task": "sst2", "data_dir": str(tmp_path / "typo")})
+    with pytest.raises(DataNotFoundError, match=r"typo.*does not exist"):
+        get_task("sst2").load(config)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -147,5 +154,5 @@ def test_generic_file_task_errors(tmp_path):
     with pytest.raises(DataFileError, match=r"train_file.*not found"):
         get_task("tsv").load(missing)
     wrong_column = build_config({"task": "tsv", "train_file": str(train), "eval_file": str(train)})
-    with pytest.raises(DataFileError, match=r"text_column.*'text'.*sentence"):
+    with pytest.raises(DataFileError, match=r"'text'.*text_column.*sentence"):
         get_task("tsv").load(wrong_column)

@@ -1,14 +1,16 @@
 """Run a comparison's cells one after another, resuming where an earlier invocation stopped.
 
 A cell is finished when its run folder holds metrics.json (run folders are published atomically,
-so a killed cell leaves nothing that looks finished). A cell that fails — bad key, NaN loss, any
-exception — is written to ``failed/<cell>.json`` with its error and the next cell starts.
+so a killed cell leaves nothing that looks finished; its training resumes from its last checkpoint).
+A cell that fails — bad key, NaN loss, any exception — is written to ``failed/<cell>.json`` with its
+error and the next cell starts. A cell another process is training (two comparisons on one
+folder) is left to it: the training process holds the run's lock, so no cell is trained twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import subprocess
 import sys
 import traceback
@@ -18,9 +20,11 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from sparselora.atomic import atomic_write_json, atomic_write_text
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
-from sparselora.config import ConfigError, build_config
-from sparselora.runs import METRICS_FILE, read_run
+from sparselora.config import ConfigError, build_config, config_changes
+from sparselora.locks import BUSY_EXIT_CODE, is_locked
+from sparselora.runs import METRICS_FILE, lock_path, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +39,11 @@ class ComparisonStatus:
     finished: list[Cell] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)  # finished before this invocation
     failed: list[Cell] = field(default_factory=list)
+    claimed: list[Cell] = field(default_factory=list)  # being trained by another process
 
 
 def cell_finished(config: CompareConfig, cell: Cell) -> bool:
     return (runs_dir(config) / cell.run_name / METRICS_FILE).is_file()
-
-
-# where things are read from or shown, not what is trained: moving them does not make a cell stale
-_LOCATION_KEYS = {"output_dir", "data_dir", "progress"}
 
 
 class StaleCellError(RuntimeError):
@@ -52,12 +53,7 @@ class StaleCellError(RuntimeError):
 def changed_keys(config: CompareConfig, cell: Cell) -> dict[str, tuple]:
     """Keys whose resolved value differs between the finished run and the current config."""
     saved, _ = read_run(runs_dir(config) / cell.run_name)
-    wanted = build_config(cell.run_keys(config)).to_flat_dict()
-    return {
-        key: (saved.get(key), value)
-        for key, value in wanted.items()
-        if key not in _LOCATION_KEYS and saved.get(key) != value
-    }
+    return config_changes(saved, build_config(cell.run_keys(config)).to_flat_dict())
 
 
 def check_not_stale(config: CompareConfig, cells: list[Cell]) -> None:
@@ -90,6 +86,10 @@ class CellFailedError(RuntimeError):
     """A cell's training process exited with an error (the message is its error line)."""
 
 
+class CellClaimedError(RuntimeError):
+    """Another process (a second `compare` on the same folder) is training this cell."""
+
+
 def run_cell(config: CompareConfig, cell: Cell) -> None:
     """Train one cell in its own Python process.
 
@@ -97,15 +97,22 @@ def run_cell(config: CompareConfig, cell: Cell) -> None:
     long-lived process would include what earlier cells left behind — and a crash, even a
     segfault, cannot take the comparison down. The cell's config and full log are kept.
     """
+    if is_locked(lock_path(runs_dir(config) / cell.run_name)):
+        raise CellClaimedError(cell.run_name)
     results_dir = Path(config.output_dir)
     cell_config = results_dir / CELLS_DIR / f"{cell.run_name}.yaml"
     log = results_dir / LOGS_DIR / f"{cell.run_name}.log"
-    cell_config.parent.mkdir(parents=True, exist_ok=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cell_config.write_text(yaml.safe_dump(cell.run_keys(config), sort_keys=False))
-    with log.open("w") as handle:
+    atomic_write_text(cell_config, yaml.safe_dump(cell.run_keys(config), sort_keys=False))
+    # this attempt's own log: a second comparison racing for the cell must not truncate it
+    attempt_log = log.with_name(f".{log.stem}.{os.getpid()}.log")
+    attempt_log.parent.mkdir(parents=True, exist_ok=True)
+    with attempt_log.open("w") as handle:
         command = [sys.executable, "-m", "sparselora.cli", "train", str(cell_config)]
         completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if completed.returncode == BUSY_EXIT_CODE or (completed.returncode != 0 and cell_finished(config, cell)):
+        attempt_log.unlink()  # another process trained the cell meanwhile: its log is the one to keep
+        raise CellClaimedError(cell.run_name)
+    os.replace(attempt_log, log)
     if completed.returncode != 0:
         raise CellFailedError(_error_line(log))
 
@@ -122,7 +129,7 @@ def run_comparison(
 ) -> ComparisonStatus:
     results_dir = Path(config.output_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / COMPARE_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(results_dir / COMPARE_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     status = ComparisonStatus()
     cells = plan_cells(config, only)
     check_not_stale(config, cells)
@@ -135,13 +142,15 @@ def run_comparison(
         failure = failure_path(results_dir, cell)
         try:
             run_cell(config, cell)
+        except CellClaimedError:
+            status.claimed.append(cell)
+            continue
         except Exception as err:  # one bad cell must not stop the comparison
             logger.error("cell %s failed: %s", cell.run_name, err)
-            failure.parent.mkdir(exist_ok=True)
             payload = {"cell": cell.run_name, "label": cell.label, "task": cell.task, "seed": cell.seed}
             error = str(err) if isinstance(err, CellFailedError) else f"{type(err).__name__}: {err}"
             payload |= {"error": error, "traceback": traceback.format_exc()}
-            failure.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_json(failure, payload)
             status.failed.append(cell)
             continue
         failure.unlink(missing_ok=True)  # an earlier failure of this cell is superseded

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparselora.data.readers import read_table
+from sparselora.data.readers import DataFileError, check_columns, read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
-
-
-class DataFileError(ValueError):
-    """A user data file is missing, unreadable, or lacks a configured column."""
 
 
 def _read(path: Path | None, key: str):
@@ -23,16 +19,10 @@ def _read(path: Path | None, key: str):
 def load_files(config) -> TaskData:
     train = _read(config.train_file, "train_file")
     evaluation = _read(config.eval_file, "eval_file")
-    columns = {"text_column": config.text_column, "label_column": config.label_column}
-    if config.text_pair_column:
-        columns["text_pair_column"] = config.text_pair_column
-    for split_name, split in (("train_file", train), ("eval_file", evaluation)):
-        for key, column in columns.items():
-            if column not in split.column_names:
-                raise DataFileError(
-                    f"config key '{key}': column '{column}' not in {split_name} "
-                    f"(columns: {', '.join(split.column_names)})"
-                )
+    keys = ["text_column", "label_column", *(["text_pair_column"] if config.text_pair_column else [])]
+    columns = {getattr(config, key): f"config key '{key}'" for key in keys}
+    for key, split in (("train_file", train), ("eval_file", evaluation)):
+        check_columns(split, columns, f"{key} '{getattr(config, key)}'")
     # Labels may be strings or ints: map the sorted set of training labels to 0..K-1.
     label_names = sorted({str(v) for v in train[config.label_column]})
     index = {name: i for i, name in enumerate(label_names)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datasets import DatasetDict
 
-from sparselora.data.readers import read_table
+from sparselora.data.readers import check_columns, check_labels, read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
 from sparselora.data.sources import load_local_or_hub
 
@@ -20,16 +20,20 @@ def _glue(config, subdir: str, text_columns: tuple[str, ...]) -> TaskData:
         ("nyu-mll/glue", subdir),
     )
     renames = dict(zip(text_columns, ("text", "text_pair"), strict=False))
+    label_names = ["negative", "positive"] if subdir == "sst2" else ["not_equivalent", "equivalent"]
 
-    def standard(split):
+    def standard(split, name):
+        where = f"the {name} split of {subdir}"
+        check_columns(split, {column: f"read by task {subdir}" for column in (*text_columns, "label")}, where)
+        check_labels(split, len(label_names), where)
         keep = [*text_columns, "label"]
         split = split.remove_columns([c for c in split.column_names if c not in keep])
         return split.rename_columns(renames)
 
     return TaskData(
-        train=first_n(standard(splits["train"]), config.max_train_samples),
-        eval=first_n(standard(splits["validation"]), config.max_eval_samples),
-        label_names=["negative", "positive"] if subdir == "sst2" else ["not_equivalent", "equivalent"],
+        train=first_n(standard(splits["train"], "train"), config.max_train_samples),
+        eval=first_n(standard(splits["validation"], "validation"), config.max_eval_samples),
+        label_names=label_names,
     )
 
 

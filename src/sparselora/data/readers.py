@@ -9,18 +9,56 @@ import pandas as pd
 from datasets import Dataset
 
 
+class DataFileError(ValueError):
+    """A data file is missing, unreadable, or lacks what the task needs: the message names file and fix."""
+
+
 def read_table(path: Path) -> Dataset:
     """TSV/CSV/JSONL (optionally .gz) → Dataset. GLUE TSVs are unquoted and contain '"': quoting off."""
     name = path.name.removesuffix(".gz")
-    if name.endswith(".tsv"):
-        frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
-    elif name.endswith(".csv"):
-        frame = pd.read_csv(path, keep_default_na=False)
-    elif name.endswith((".jsonl", ".json")):
-        frame = pd.read_json(path, lines=name.endswith(".jsonl"))
-    else:
-        raise ValueError(f"cannot read '{path}': expected a .tsv, .csv or .jsonl file (optionally .gz)")
+    try:
+        if name.endswith(".tsv"):
+            frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")
+        elif name.endswith(".csv"):
+            frame = pd.read_csv(path, keep_default_na=False, encoding="utf-8")
+        elif name.endswith((".jsonl", ".json")):
+            frame = pd.read_json(path, lines=name.endswith(".jsonl"), encoding="utf-8")
+        else:
+            raise DataFileError(f"cannot read '{path}': expected a .tsv, .csv or .jsonl file (optionally .gz)")
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"'{path}' is empty: it needs a header line and at least one row") from None
+    except UnicodeDecodeError as err:
+        raise DataFileError(
+            f"'{path}' is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}). "
+            f"Re-encode it, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.{name.rsplit('.', 1)[-1]}`."
+        ) from None
+    except (pd.errors.ParserError, ValueError) as err:
+        if isinstance(err, DataFileError):
+            raise
+        raise DataFileError(f"'{path}' could not be parsed as {name.rsplit('.', 1)[-1]}: {err}") from None
+    if frame.empty:
+        raise DataFileError(f"'{path}' has a header but no rows")
     return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def check_columns(dataset: Dataset, columns: dict[str, str], where: str) -> None:
+    """Every wanted column is there (column → why it is wanted); else name it, the file and its columns."""
+    for column, wanted_by in columns.items():
+        if column not in dataset.column_names:
+            raise DataFileError(
+                f"column '{column}' ({wanted_by}) not in {where}; its columns: {', '.join(dataset.column_names)}"
+            )
+
+
+def check_labels(dataset: Dataset, num_labels: int, where: str, column: str = "label") -> None:
+    """Class labels must be integers 0..num_labels-1; name the first row that is not."""
+    for row, value in enumerate(dataset[column]):
+        valid = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+        if not valid or not 0 <= int(value) < num_labels:
+            raise DataFileError(
+                f"{where}, data row {row + 1}: label {value!r} is not one of 0..{num_labels - 1}. "
+                f"Labels of this task are integers in that range."
+            )
 
 
 def read_lines(path: Path) -> Dataset:

@@ -37,6 +37,11 @@ def candidate_data_dirs(config: RunConfig) -> list[Path]:
 
 def find_local(config: RunConfig, subdir: str, required: list[str]) -> Path | None:
     """The first data folder whose ``subdir`` holds all ``required`` files."""
+    if config.data_dir is not None and not Path(config.data_dir).is_dir():
+        raise DataNotFoundError(
+            f"data_dir '{Path(config.data_dir).resolve()}' (from --data-dir or the config key `data_dir`) "
+            "does not exist; point it at the folder that holds sst2/, mrpc/, ... (e.g. ../shared/data)."
+        )
     for root in candidate_data_dirs(config):
         folder = root / subdir
         if all((folder / name).is_file() for name in required):

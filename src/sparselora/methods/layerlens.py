@@ -10,7 +10,6 @@ each gets rank ``lora_r`` while the budget lasts; the next gets the largest rank
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from pydantic import Field
 from transformers import PreTrainedModel
 
+from sparselora.atomic import atomic_write_json
 from sparselora.methods.lora import LoraOptions, adapter_report, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 from sparselora.models import ArchSpec, iter_projections
@@ -129,7 +129,7 @@ def write_lens_outputs(scores: LayerScores, ranks: dict[int, int], budget: int, 
 
     folder.mkdir(parents=True, exist_ok=True)
     payload = {**scores.to_dict(), "ranks": ranks, "budget_params": budget}
-    (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(folder / SCORES_FILE, payload)
     plot_layer_scores(scores.scores, ranks, title, folder / "layer_scores")
 
 

@@ -178,12 +178,16 @@ class AdapterPruning(TrainerCallback):
             self.generator,
         )
 
+    def _in_recovery(self, state) -> bool:
+        return bool(self.options.recovery_steps) and state.global_step >= state.max_steps - self.options.recovery_steps
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self._in_recovery(state):  # resumed from a checkpoint taken after pruning: its zeros are the mask
+            self.weights = lora_weights(self.model)
+            self.masks = [weight != 0 for weight in self.weights]
+
     def on_step_end(self, args, state, control, **kwargs):
-        if (
-            self.masks is None
-            and self.options.recovery_steps
-            and state.global_step >= state.max_steps - self.options.recovery_steps
-        ):
+        if self.masks is None and self._in_recovery(state):
             self.prune()
 
     @torch.no_grad()

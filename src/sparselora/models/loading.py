@@ -45,6 +45,7 @@ class ModelSource:
     name: str
     path: str
     gguf_file: str | None = None
+    trust_remote_code: bool = False  # only when the user sets it: remote code runs with their rights
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -101,13 +102,12 @@ ALIAS_HUB_IDS = {
 }
 
 
-def resolve_model(name: str) -> ModelSource:
+def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSource:
     """An alias (``minilm``, ``smollm2``), a local folder, or a Hugging Face Hub id."""
     if name in ALIASES:
         return ALIASES[name]()
-    if Path(name).is_dir():
-        return ModelSource(name=name, path=str(Path(name).resolve()))
-    return ModelSource(name=name, path=name)
+    path = str(Path(name).resolve()) if Path(name).is_dir() else name
+    return ModelSource(name=name, path=path, trust_remote_code=trust_remote_code)
 
 
 def hub_id(source: ModelSource) -> str:
@@ -116,7 +116,9 @@ def hub_id(source: ModelSource) -> str:
 
 def load_config(source: ModelSource) -> PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+        return AutoConfig.from_pretrained(
+            source.path, gguf_file=source.gguf_file, trust_remote_code=source.trust_remote_code
+        )
     except OSError as err:
         raise ModelNotFoundError(
             f"could not load model '{source.name}' (looked for a local folder at "
@@ -134,7 +136,9 @@ def is_decoder(config: PretrainedConfig) -> bool:
 
 
 def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, gguf_file=source.gguf_file, trust_remote_code=source.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         # Decoders usually ship without a pad token; padding positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
@@ -154,7 +158,12 @@ def load_model(
     classifier, MiniLM's missing MLM transform): adapters methods must train and save them.
     ``extra`` goes to ``from_pretrained`` (a method's ``quantization_config``).
     """
-    kwargs: dict = {"dtype": torch.float32, "output_loading_info": True, **extra}
+    kwargs: dict = {
+        "dtype": torch.float32,
+        "output_loading_info": True,
+        "trust_remote_code": source.trust_remote_code,
+        **extra,
+    }
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     if head == "sequence_classification":

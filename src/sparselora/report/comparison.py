@@ -8,12 +8,16 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sparselora.atomic import atomic_write_text
 from sparselora.compare.plan import CompareConfig
 from sparselora.compare.runner import COMPARE_FILE
+from sparselora.locks import exclusive_lock
 from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
 from sparselora.report.results import collect, primary_metric, write_task_results
 from sparselora.report.validation import validation_markdown
 from sparselora.runs import read_train_log
+
+REPORT_LOCK = ".report.lock"
 
 
 class NotAResultsFolderError(FileNotFoundError):
@@ -27,7 +31,10 @@ def load_results_config(results_dir: Path) -> CompareConfig:
             f"'{results_dir}' is not a comparison results folder: '{path}' is missing. "
             "Run `sparselora compare CONFIG.yaml` first (it writes compare.yaml there)."
         )
-    return CompareConfig(**yaml.safe_load(path.read_text()))
+    try:
+        return CompareConfig(**yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, TypeError, ValueError) as err:
+        raise NotAResultsFolderError(f"'{path}' is not a readable comparison config: {err}") from None
 
 
 def loss_curves(results_dir: Path, task: str, labels: list[str]) -> dict[str, tuple[list[int], list[float]]]:
@@ -45,8 +52,16 @@ def loss_curves(results_dir: Path, task: str, labels: list[str]) -> dict[str, tu
 
 
 def build_report(results_dir: Path, command: str | None = None) -> list[Path]:
-    """Write <task>/results.{md,csv,json}, <task>/plots/*.{png,svg} and validation.md. Returns the files."""
+    """Write <task>/results.{md,csv,json}, <task>/plots/*.{png,svg} and validation.md. Returns the files.
+
+    Two comparisons sharing a results folder take turns here; every file is replaced atomically.
+    """
     config = load_results_config(results_dir)
+    with exclusive_lock(Path(results_dir) / REPORT_LOCK, f"the report of '{results_dir}'", wait=True):
+        return _write_report(results_dir, config, command)
+
+
+def _write_report(results_dir: Path, config: CompareConfig, command: str | None) -> list[Path]:
     frame = collect(results_dir)
     written: list[Path] = []
     validation = [f"# Validation: {config.name}", "", _provenance(command), ""]
@@ -68,7 +83,7 @@ def build_report(results_dir: Path, command: str | None = None) -> list[Path]:
             curves = loss_curves(results_dir, task, list(config.methods))
             written += plot_loss_curves(curves, f"{task}: training loss", plots / "loss_curves")
         validation.append(validation_markdown(task, summary, config))
-    (results_dir / "validation.md").write_text("\n".join(validation))
+    atomic_write_text(results_dir / "validation.md", "\n".join(validation))
     return [*written, results_dir / "validation.md"]
 
 

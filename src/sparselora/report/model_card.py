@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sparselora.atomic import atomic_write_text
 from sparselora.models import hub_id
 
 if TYPE_CHECKING:
@@ -163,4 +164,4 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         ],
         "",
     ]
-    (run_dir / "README.md").write_text("\n".join(lines))
+    atomic_write_text(run_dir / "README.md", "\n".join(lines))

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from sparselora.atomic import atomic_path
+
 
 def save_figure(figure: Figure, path_stem: Path) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.svg`` and close the figure."""
@@ -17,7 +19,8 @@ def save_figure(figure: Figure, path_stem: Path) -> list[Path]:
     paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
     figure.tight_layout()
     for path in paths:
-        figure.savefig(path, dpi=150)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=150)
     plt.close(figure)
     return paths
 

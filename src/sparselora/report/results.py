@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sparselora.atomic import atomic_write_csv, atomic_write_text
 from sparselora.runs import METRICS_FILE, read_run
 
 
@@ -211,7 +212,8 @@ def _short(error: str, limit: int = 90) -> str:
 
 def summary_sentences(frame: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list[str]:
     """Differences vs the reference, with the paired test where ≥ 3 seeds exist."""
-    if reference not in set(summary["label"]):
+    finished = summary.set_index("label")["seeds"] if "seeds" in summary else pd.Series(dtype=int)
+    if finished.get(reference, 0) == 0:
         return [f"The reference method '{reference}' has no finished runs: no comparison."]
     metric = primary_metric(summary)
     ref = summary.set_index("label").loc[reference]
@@ -244,9 +246,9 @@ def write_task_results(frame: pd.DataFrame, order: list[str], reference: str, fo
     """results.md, results.csv (per seed) and results.json (aggregated) for one task."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = aggregate(frame, order)
-    frame.sort_values(["label", "seed"]).to_csv(folder / "results.csv", index=False)
-    (folder / "results.json").write_text(summary.to_json(orient="records", indent=2) + "\n")
+    atomic_write_csv(frame.sort_values(["label", "seed"]), folder / "results.csv")
+    atomic_write_text(folder / "results.json", summary.to_json(orient="records", indent=2) + "\n")
     lines = [f"# {title}", "", markdown_table(summary), "", "Mean ± std over seeds; best value per column in bold.", ""]
     lines += ["## Differences vs the reference", "", *summary_sentences(frame, summary, reference), ""]
-    (folder / "results.md").write_text("\n".join(lines))
+    atomic_write_text(folder / "results.md", "\n".join(lines))
     return summary

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparselora.atomic import atomic_path
 from sparselora.models import ArchSpec, iter_projections
 from sparselora.models.loading import cache_dir
 
@@ -86,7 +87,8 @@ def save_factors(path: Path, factors: dict[str, LowRank], print_: str, rank: int
     for key, factor in factors.items():
         tensors[f"{key}.a"], tensors[f"{key}.b"] = factor.a, factor.b
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"fingerprint": print_, "rank": str(rank)})
+    with atomic_path(path) as temporary:  # a killed build must not leave a truncated cache behind
+        save_file(tensors, str(temporary), metadata={"fingerprint": print_, "rank": str(rank)})
 
 
 def load_factors(path: Path, expected_print: str, rank: int) -> dict[str, LowRank]:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from sparselora.atomic import atomic_write_csv
 from sparselora.config import build_config
 from sparselora.study.stats import against_distribution
 
@@ -174,7 +175,7 @@ def run_phase_c(out: Path, plan: FinetunePlan, progress: bool = True) -> pd.Data
     for targets, rank in tqdm(adapters, desc="phase C: train adapters", disable=not progress):
         run = train_adapter(plan, targets, rank, runs)
         training.append({"targets": targets, "lora_r": rank, "run": str(run), **_run_summary(run)})
-    pd.DataFrame(training).to_csv(folder / "training.csv", index=False)
+    atomic_write_csv(pd.DataFrame(training), folder / "training.csv")
 
     jobs = [
         (setting, keep, importance, repeat)
@@ -199,11 +200,11 @@ def run_phase_c(out: Path, plan: FinetunePlan, progress: bool = True) -> pd.Data
         step_ms = adapter.recover(weights, masks, plan.recovery_steps, plan.seed + repeat) if setting.recover else 0.0
         rows.append(_row(setting, keep, importance, repeat, adapter.evaluate(), step_ms))
         if len(rows) % 25 == 0:  # an interrupted phase keeps what it measured
-            pd.DataFrame(rows).to_csv(folder / "results.partial.csv", index=False)
+            atomic_write_csv(pd.DataFrame(rows), folder / "results.partial.csv")
     results = pd.DataFrame(rows)
-    results.to_csv(folder / "results.csv", index=False)
+    atomic_write_csv(results, folder / "results.csv")
     summary = phase_c_stats(results)
-    summary.to_csv(folder / "stats.csv", index=False)
+    atomic_write_csv(summary, folder / "stats.csv")
     pruned = results[results["importance"] != "none"]
     for recover, name in ((False, "accuracy"), (True, "accuracy_recovered")):
         subset = pruned[pruned["recovered"] == recover]

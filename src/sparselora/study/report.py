@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sparselora.atomic import atomic_write_text
+
 SIGNIFICANCE = 0.01
 _SETTING_A = ["spectrum", "shape", "k", "baseline"]
 _TEST_COLUMNS = ["mean_a", "mean_b", "ci95_low", "ci95_high", "wilcoxon_p", "effect_size", "verdict"]
@@ -227,5 +229,5 @@ def write_report(out: Path) -> Path:
         LIMITATIONS,
     ]
     path = out / "report.md"
-    path.write_text("\n".join(text))
+    atomic_write_text(path, "\n".join(text))
     return path

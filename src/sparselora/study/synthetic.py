@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from sparselora.atomic import atomic_write_csv
 from sparselora.study.linalg import one_thread
 from sparselora.study.stats import paired
 
@@ -143,9 +144,9 @@ def run_phase_a(out: Path, plan: SyntheticPlan, progress: bool = True) -> pd.Dat
             for row in _matrix_rows(plan, *setting)
         ]
     results = pd.DataFrame(rows)
-    results.to_csv(folder / "results.csv", index=False)
+    atomic_write_csv(results, folder / "results.csv")
     summary = phase_a_stats(results)
-    summary.to_csv(folder / "stats.csv", index=False)
+    atomic_write_csv(summary, folder / "stats.csv")
     plot_phase_a(results, folder)
     return summary
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from sparselora.atomic import atomic_write_csv
 from sparselora.config import build_config
 from sparselora.study.linalg import one_thread
 from sparselora.study.stats import paired
@@ -210,11 +211,11 @@ def run_phase_b(out: Path, plan: WeightsPlan, progress: bool = True) -> pd.DataF
         predictor += rows
         spectra[model_name] = extra["spectra"]
     reconstruction = pd.DataFrame(recon_rows)
-    reconstruction.to_csv(folder / "reconstruction.csv", index=False)
+    atomic_write_csv(reconstruction, folder / "reconstruction.csv")
     frame = pd.DataFrame(predictor)
-    frame.to_csv(folder / "predictor.csv", index=False)
+    atomic_write_csv(frame, folder / "predictor.csv")
     summary = phase_b_stats(frame)
-    summary.to_csv(folder / "stats.csv", index=False)
+    atomic_write_csv(summary, folder / "stats.csv")
     plot_spectra(spectra, folder)
     selectors = frame[frame["selector"] != "oracle"]
     plot_selector_metric(

@@ -1,0 +1,226 @@
+"""The bad-input suite: every kind of bad input gets a one-paragraph error, a non-zero exit, and harms nothing.
+
+Each case runs the real command line (``sparselora.cli.main``) in-process. Before each case a finished
+run folder exists; afterwards every file it held must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import BertConfig, BertModel
+
+from sparselora.cli import main
+from sparselora.config import build_config
+from sparselora.train import train
+from tests.conftest import tiny_run
+
+
+@dataclass
+class World:
+    root: Path  # a scratch folder per case
+    runs: Path  # holds the finished run "good"
+    model: Path
+    other_model: Path  # same family, other shapes
+    data: Path
+
+    @property
+    def good(self) -> Path:
+        return self.runs / "good"
+
+    def train_args(self, *keys: str) -> list[str]:
+        """`train` on the tiny model with extra --set keys, writing into the runs folder under test."""
+        args = ["train", "--set", f"model={self.model}", "--set", "max_steps=2", "--set", "progress=false"]
+        args += ["--set", f"data_dir={self.data}", "--output-dir", str(self.runs)]
+        for key in keys:  # later --set keys win
+            args += ["--set", key]
+        return args
+
+    def write(self, name: str, text: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    def sst2_copy(self, train_text: str | bytes) -> Path:
+        """A data folder whose sst2/train.tsv is ``train_text`` (validation stays real)."""
+        folder = self.root / "data"
+        (folder / "sst2").mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.data / "sst2" / "validation.tsv", folder / "sst2" / "validation.tsv")
+        self.write("data/sst2/train.tsv", train_text)
+        return folder
+
+    def run_copy(self, change: Callable[[Path], None]) -> Path:
+        """A copy of the finished run, damaged by ``change``."""
+        copy = self.root / "copied_run"
+        shutil.copytree(self.good, copy)
+        change(copy)
+        return copy
+
+
+@pytest.fixture(scope="module")
+def world_template(tiny_bert_dir, shared_data_dir, tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("bad-input")
+    os.environ["SPARSELORA_DATA_DIR"] = str(shared_data_dir)
+    train(build_config(tiny_run(tiny_bert_dir, root / "runs", name="good", max_steps=2)))
+    torch.manual_seed(0)
+    other = root / "other-model"
+    BertModel(
+        BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    ).save_pretrained(other)
+    shutil.copy(tiny_bert_dir / "tokenizer.json", other / "tokenizer.json")
+    shutil.copy(tiny_bert_dir / "tokenizer_config.json", other / "tokenizer_config.json")
+    return World(root / "case", root / "runs", tiny_bert_dir, other, shared_data_dir)
+
+
+class Hostile:
+    """Unpickling this runs a shell command: loading it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickle_adapter(run: Path, marker: Path) -> None:
+    (run / "adapter_model.safetensors").unlink()
+    (run / "adapter_model.bin").write_bytes(pickle.dumps(Hostile(marker)))
+
+
+def _other_model(world: World) -> Callable[[Path], None]:
+    def change(run: Path) -> None:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "model": str(world.other_model)}))
+
+    return change
+
+
+TRAIN_TSV = "sentence\tlabel\nit is good\t1\nit is bad\t0\n"
+LATIN1_TSV = TRAIN_TSV.replace("good", "göod").encode("latin-1")
+
+# case → (arguments, a fragment the error must contain)
+CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
+    # config
+    "unknown key": lambda w: (w.train_args("lerning_rate=0.001"), "Did you mean 'learning_rate'"),
+    "wrong type": lambda w: (w.train_args("lora_r=abc"), "lora_r: Input should be a valid integer"),
+    "missing config file": lambda w: (["train", str(w.root / "nope.yaml")], "config file not found"),
+    "empty config file": lambda w: (["train", str(w.write("empty.yaml", ""))], "is empty"),
+    "YAML syntax error": lambda w: (["train", str(w.write("bad.yaml", "model: [minilm\n"))], "is not valid YAML"),
+    "config not a mapping": lambda w: (["train", str(w.write("list.yaml", "- lora\n"))], "must hold a mapping"),
+    "YAML with a Python tag": lambda w: (
+        ["train", str(w.write("evil.yaml", f'model: !!python/object/apply:os.system ["touch {w.root}/pwned"]\n'))],
+        "is not valid YAML",
+    ),
+    "--set without =": lambda w: (w.train_args("lora_r"), "--set expects key=value"),
+    "unknown method": lambda w: (w.train_args("method=lorra"), "unknown method 'lorra'"),
+    "unknown task": lambda w: (w.train_args("task=sst3"), "unknown task 'sst3'"),
+    "unknown model": lambda w: (w.train_args(f"model={w.root}/no-such-model"), "could not load model"),
+    "negative learning rate": lambda w: (
+        w.train_args("learning_rate=-1"),
+        "learning_rate: Input should be greater than 0",
+    ),
+    "rank 0": lambda w: (w.train_args("lora_r=0"), "lora_r: Input should be greater than 0"),
+    "sparsity 1": lambda w: (w.train_args("method=sparselora", "ffn_sparsity=1.0"), "ffn_sparsity"),
+    "batch size 0": lambda w: (w.train_args("batch_size=0"), "batch_size: Input should be greater than 0"),
+    "negative L1": lambda w: (w.train_args("method=lora_l1", "l1_lambda=-1"), "l1_lambda"),
+    "prune ratio 1": lambda w: (w.train_args("method=lora_prune", "prune_ratio=1.0"), "prune_ratio"),
+    "another method's key": lambda w: (w.train_args("ffn_sparsity=0.5"), "a key of method(s) sparselora"),
+    # data
+    "data folder missing": lambda w: (w.train_args(f"data_dir={w.root}/no-data"), "does not exist"),
+    "empty data file": lambda w: (w.train_args(f"data_dir={w.sst2_copy('')}"), "is empty"),
+    "missing column": lambda w: (
+        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('sentence', 'text'))}"),
+        "column 'sentence' (read by task sst2) not in the train split",
+    ),
+    "non-numeric label": lambda w: (
+        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('1', 'positive'))}"),
+        "label 'positive' is not one of 0..1",
+    ),
+    "label out of range": lambda w: (
+        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('1', '7'))}"),
+        "label 7 is not one of 0..1",
+    ),
+    "non-UTF-8 bytes": lambda w: (
+        w.train_args(f"data_dir={w.sst2_copy(LATIN1_TSV)}"),
+        "is not UTF-8 text",
+    ),
+    "file task without a file": lambda w: (w.train_args("task=csv"), "config key 'train_file' is required"),
+    "file task, file missing": lambda w: (
+        w.train_args("task=csv", f"train_file={w.root}/no.csv", f"eval_file={w.root}/no.csv"),
+        "file not found",
+    ),
+    # run folders
+    "eval: folder missing": lambda w: (["eval", str(w.root / "no-run")], "does not exist"),
+    "eval: half-written folder": lambda w: (
+        ["eval", str(w.run_copy(lambda r: (r / "metrics.json").unlink()))],
+        "missing metrics.json",
+    ),
+    "eval: failed run": lambda w: (
+        ["eval", str(w.run_copy(lambda r: (r / "status.json").write_text('{"state": "failed", "error": "boom"}')))],
+        "not a finished run (state: failed: boom)",
+    ),
+    "eval: run from another model": lambda w: (["eval", str(w.run_copy(_other_model(w)))], "do not fit model"),
+    "eval: adapter config not JSON": lambda w: (
+        ["eval", str(w.run_copy(lambda r: (r / "adapter_config.json").write_text("{'r': 8,")))],
+        "is not valid JSON",
+    ),
+    "eval: pickle instead of safetensors": lambda w: (
+        ["eval", str(w.run_copy(lambda r: _pickle_adapter(r, w.root / "pwned")))],
+        "pickle file(s) adapter_model.bin",
+    ),
+    "train over a finished run": lambda w: (w.train_args("name=good"), "already holds a finished run"),
+    "resume with nothing to resume": lambda w: ([*w.train_args("name=fresh"), "--resume"], "nothing to resume"),
+    "report: not a results folder": lambda w: (["report", str(w.runs)], "not a comparison results folder"),
+    "compare: unknown key": lambda w: (["compare", str(w.write("c.yaml", "methodz: {lora: {}}\n"))], "methodz"),
+    "svd rank too large": lambda w: (
+        ["svd", "build", str(w.model), "--rank", "64", "--out", str(w.root / "f.safetensors")],
+        "svd_rank",
+    ),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".lock"  # a lock file holds the pid of its last holder, not a result
+    }
+
+
+def _finished_runs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_the_suite_covers_at_least_25_kinds():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_a_clear_error_and_changes_nothing(case, world_template, capsys):
+    world = world_template
+    shutil.rmtree(world.root, ignore_errors=True)
+    world.root.mkdir()
+    args, fragment = CASES[case](world)
+    before = _snapshot(world.runs)
+
+    code = main(args)
+
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())  # rich wraps long lines
+    assert code != 0
+    assert "error:" in text and fragment in text, text
+    assert "Traceback" not in text
+    after = _snapshot(world.runs)
+    assert {k: v for k, v in after.items() if k in before} == before  # no earlier result changed
+    assert _finished_runs(world.runs) == ["good"]  # and no new run appeared
+    assert not (world.root / "pwned").exists()  # nothing hostile was executed
