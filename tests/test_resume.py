@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from sparselora.cli import main
 from sparselora.config import build_config
 from sparselora.locks import LockBusyError, exclusive_lock
 from sparselora.resume import last_checkpoint
@@ -86,7 +87,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(method, tiny_bert_d
     assert logged == list(range(2, 41, 2))  # the log reads as one run: no step twice, none missing
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_bert_dir, data_env, tmp_path):
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_bert_dir, data_env, tmp_path, capsys):
     # step 1 trains on finite weights (saved); lr 1e30 makes them huge, so step 2's loss is not finite
     config = build_config(
         tiny_run(tiny_bert_dir, tmp_path, name="nan", learning_rate=1e30, max_steps=6, save_steps=1, logging_steps=1)
@@ -103,6 +104,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_bert_dir, dat
     status = json.loads((work / "status.json").read_text())
     assert status["state"] == "failed" and "TrainingDivergedError" in status["error"]
     assert not (tmp_path / "nan").exists()
+    assert main(["runs", str(tmp_path)]) == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert "nan" in listing and "failed" in listing and "step 1" in listing
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_bert_dir, data_env, tmp_path):

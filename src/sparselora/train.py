@@ -2,7 +2,9 @@
 
 Methods plug in through the registry (model + callbacks); nothing here is method-specific.
 Works under ``accelerate launch --num_processes N`` (CPU: gloo): every process trains,
-process 0 evaluates and writes the run folder.
+process 0 holds the run's lock, evaluates and writes the run folder. The Trainer's own
+checkpoints (every ``save_steps``, in the partial folder) make a killed run resumable: see
+:mod:`sparselora.resume` and :mod:`sparselora.runs` for the folder's states.
 """
 
 from __future__ import annotations
