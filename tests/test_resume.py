@@ -54,8 +54,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(method, tiny_bert_d
         keys["svd_cache"] = str(tmp_path / "svd.safetensors")
 
     reference_keys = {**keys, "output_dir": str(tmp_path / "reference")}
-    reference = _cli_train(_write_config(tmp_path / "cfg-reference", reference_keys), env)
-    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    reference = _cli_train(_write_config(tmp_path / "cfg-reference", reference_keys), env)  # runs alongside
 
     config_path = _write_config(tmp_path / "cfg-killed", keys)
     work = partial_dir(tmp_path / "killed" / "run")
@@ -67,6 +66,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(method, tiny_bert_d
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
     assert not (tmp_path / "killed" / "run").exists()  # nothing that looks finished
     [entry] = list_runs(tmp_path / "killed")
     assert entry.state == "interrupted" and entry.checkpoint_step is not None

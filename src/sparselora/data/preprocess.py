@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
@@ -46,8 +46,15 @@ def _classification(ds: Dataset, tokenizer, max_length: int) -> Dataset:
     )
 
 
-def _blocks(ds: Dataset, tokenizer, block_size: int) -> Dataset:
-    """Concatenate all tokens and cut fixed-size blocks (the standard LM recipe, run_clm)."""
+BLOCK_CHUNK_LINES = 2000  # blocks are cut within chunks of this many lines; a chunk's remainder is dropped
+
+
+def _blocks(ds: Dataset, tokenizer, block_size: int, limit: int | None = None) -> Dataset:
+    """Concatenate tokens and cut fixed-size blocks (the standard LM recipe, run_clm), chunk by chunk.
+
+    Chunks are tokenised in order until ``limit`` blocks exist: a run that uses the first 32
+    blocks of WikiText-2 does not tokenise all 36,000 lines, and gets the same blocks as if it had.
+    """
 
     def encode(batch):
         return tokenizer(batch["text"], add_special_tokens=False)
@@ -58,8 +65,15 @@ def _blocks(ds: Dataset, tokenizer, block_size: int) -> Dataset:
         blocks = [ids[i : i + block_size] for i in range(0, usable, block_size)]
         return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks]}
 
-    tokens = ds.map(encode, batched=True, remove_columns=ds.column_names)
-    return tokens.map(group, batched=True, batch_size=2000, remove_columns=tokens.column_names)
+    chunks, count = [], 0
+    for start in range(0, len(ds), BLOCK_CHUNK_LINES):
+        lines = ds.select(range(start, min(start + BLOCK_CHUNK_LINES, len(ds))))
+        tokens = lines.map(encode, batched=True, remove_columns=lines.column_names)
+        chunks.append(tokens.map(group, batched=True, batch_size=BLOCK_CHUNK_LINES, remove_columns=tokens.column_names))
+        count += len(chunks[-1])
+        if limit is not None and count >= limit:
+            break
+    return first_n(concatenate_datasets(chunks), limit) if chunks else ds.select([])
 
 
 def _sft(ds: Dataset, tokenizer, max_length: int) -> Dataset:
@@ -95,8 +109,8 @@ def prepare(
             padding,
         )
     if kind == "language_modeling":
-        train_blocks = first_n(_blocks(train, tokenizer, max_length), max_train_samples)
-        eval_blocks = first_n(_blocks(evaluation, tokenizer, max_length), max_eval_samples)
+        train_blocks = _blocks(train, tokenizer, max_length, max_train_samples)
+        eval_blocks = _blocks(evaluation, tokenizer, max_length, max_eval_samples)
         if causal:
             # labels = input_ids; the model shifts them. No padding needed: blocks are equal length.
             with_labels = lambda ds: ds.map(lambda b: {"labels": b["input_ids"]}, batched=True)  # noqa: E731
