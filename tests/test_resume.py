@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sparselora.cli import main
 from sparselora.config import build_config
 from sparselora.locks import LockBusyError, exclusive_lock
-from sparselora.resume import last_checkpoint
+from sparselora.resume import last_checkpoint, truncate_log
 from sparselora.run_states import list_runs
 from sparselora.runs import RunFolderError, lock_path, partial_dir
 from sparselora.train import TrainingDivergedError, train
@@ -127,3 +127,10 @@ def test_a_run_held_by_another_process_is_refused(tiny_bert_dir, data_env, tmp_p
     with exclusive_lock(lock_path(tmp_path / "busy"), "test claim"), pytest.raises(LockBusyError, match="pid"):
         train(config)
     assert not partial_dir(tmp_path / "busy").exists()
+
+
+def test_the_log_is_cut_back_to_the_checkpoint(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 2, "loss": 0.7}\n{"step": 4, "loss": 0.6}\n{"step": 6, "loss": 0.5}\n{"step": 8, "lo')
+    truncate_log(log, 4)
+    assert log.read_text() == '{"step": 2, "loss": 0.7}\n{"step": 4, "loss": 0.6}\n'

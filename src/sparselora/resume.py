@@ -47,11 +47,19 @@ def last_checkpoint(work: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by the kill
+
+
 def truncate_log(log: Path, step: int) -> None:
     """Drop log lines the killed run wrote after its last checkpoint: they are trained again."""
     if not log.is_file():
         return
-    kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    steps = [(line, _logged_step(line)) for line in log.read_text().splitlines()]
+    kept = [line for line, logged in steps if logged is not None and logged <= step]
     atomic_write_text(log, "".join(f"{line}\n" for line in kept))
 
 
