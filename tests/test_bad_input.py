@@ -59,6 +59,10 @@ class World:
         self.write("data/sst2/train.tsv", train_text)
         return folder
 
+    def train_on_sst2(self, train_text: str | bytes) -> list[str]:
+        """`train` on a data folder whose sst2/train.tsv is ``train_text``."""
+        return self.train_args(f"data_dir={self.sst2_copy(train_text)}")
+
     def run_copy(self, change: Callable[[Path], None]) -> Path:
         """A copy of the finished run, damaged by ``change``."""
         copy = self.root / "copied_run"
@@ -137,21 +141,21 @@ CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
     "another method's key": lambda w: (w.train_args("ffn_sparsity=0.5"), "a key of method(s) sparselora"),
     # data
     "data folder missing": lambda w: (w.train_args(f"data_dir={w.root}/no-data"), "does not exist"),
-    "empty data file": lambda w: (w.train_args(f"data_dir={w.sst2_copy('')}"), "is empty"),
+    "empty data file": lambda w: (w.train_on_sst2(""), "is empty"),
     "missing column": lambda w: (
-        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('sentence', 'text'))}"),
+        w.train_on_sst2(TRAIN_TSV.replace("sentence", "text")),
         "column 'sentence' (read by task sst2) not in the train split",
     ),
     "non-numeric label": lambda w: (
-        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('1', 'positive'))}"),
+        w.train_on_sst2(TRAIN_TSV.replace("1", "positive")),
         "label 'positive' is not one of 0..1",
     ),
     "label out of range": lambda w: (
-        w.train_args(f"data_dir={w.sst2_copy(TRAIN_TSV.replace('1', '7'))}"),
+        w.train_on_sst2(TRAIN_TSV.replace("1", "7")),
         "label 7 is not one of 0..1",
     ),
     "non-UTF-8 bytes": lambda w: (
-        w.train_args(f"data_dir={w.sst2_copy(LATIN1_TSV)}"),
+        w.train_on_sst2(LATIN1_TSV),
         "is not UTF-8 text",
     ),
     "file task without a file": lambda w: (w.train_args("task=csv"), "config key 'train_file' is required"),

@@ -39,9 +39,9 @@ def _error_paragraph(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _fail(err: Exception) -> None:
+def _fail(err: Exception, code: int = 2) -> None:
     error_console.print(f"[bold red]error:[/] {_error_paragraph(err)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 @app.callback()
@@ -103,8 +103,7 @@ def train(
         run_config = load_config(config, overrides)
         run_dir = run_training(run_config, overwrite=overwrite, resume=resume)
     except LockBusyError as err:
-        error_console.print(f"[bold red]error:[/] {_error_paragraph(err)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=BUSY_EXIT_CODE) from None
+        _fail(err, code=BUSY_EXIT_CODE)
     except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as err:
         _fail(err)
     if run_dir is not None:

@@ -22,7 +22,6 @@ from sparselora.runs import (
     CONFIG_FILE,
     TRAIN_LOG_FILE,
     RunFolderError,
-    check_run_folder,
     partial_dir,
     write_config,
     write_status,
@@ -68,12 +67,12 @@ def prepare_work_folder(
 ) -> Path | None:
     """Create or reuse ``final``'s partial folder; return the checkpoint to resume from (None: fresh).
 
-    Only the main process changes the folder; the others only look for the checkpoint.
+    The caller has already refused a finished run (``check_run_folder``). Only the main process
+    changes the folder; the others only look for the checkpoint.
     """
     work = partial_dir(final)
     if not is_main:
         return last_checkpoint(work)
-    check_run_folder(final, overwrite)
     if overwrite and work.exists():
         shutil.rmtree(work)
     checkpoint = last_checkpoint(work) if work.exists() else None

@@ -70,10 +70,6 @@ def publish(partial: Path, final: Path) -> None:
         shutil.rmtree(previous)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_json(path, payload)
-
-
 def write_config(folder: Path, flat_config: dict[str, Any]) -> None:
     atomic_write_text(folder / CONFIG_FILE, yaml.safe_dump(flat_config, sort_keys=False))
 
@@ -82,7 +78,7 @@ def write_status(folder: Path, state: RunState, **details: Any) -> None:
     """status.json: what the folder is now (a reader never sees a half-written one)."""
     payload = {"state": state, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     payload |= {"pid": os.getpid(), "host": socket.gethostname(), **details}
-    write_json(folder / STATUS_FILE, payload)
+    atomic_write_json(folder / STATUS_FILE, payload)
 
 
 def read_status(folder: Path) -> dict[str, Any] | None:

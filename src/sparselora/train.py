@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from sparselora.atomic import atomic_write_json
 from sparselora.config import RunConfig
 from sparselora.environment import describe_environment
 from sparselora.evaluate import EvalResult, evaluate
@@ -41,7 +42,6 @@ from sparselora.runs import (
     partial_dir,
     publish,
     write_config,
-    write_json,
     write_status,
 )
 
@@ -257,7 +257,7 @@ def _train_and_publish(
         setup.write_artifacts(work)
     write_config(work, config.to_flat_dict())
     write_model_card(work, config, inputs, metrics)
-    write_json(work / METRICS_FILE, metrics)
+    atomic_write_json(work / METRICS_FILE, metrics)
     shutil.rmtree(work / CHECKPOINTS_DIR, ignore_errors=True)  # resumable state is not a result
     write_status(work, "finished", steps=trainer.state.global_step)
     publish(work, final_dir)
