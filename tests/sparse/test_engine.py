@@ -115,7 +115,12 @@ def test_ffn_flops_drop_by_the_sparsity(family, sparsity, tmp_path):
     sparse = copy.deepcopy(dense)
     engine = apply_sparselora(
         sparse,
-        SparseLoRAConfig(ffn_sparsity=sparsity, svd_rank=4, svd_cache=str(tmp_path / "f.safetensors")),
+        SparseLoRAConfig(  # every token sparse: the output-token rule is tested on its own below
+            ffn_sparsity=sparsity,
+            svd_rank=4,
+            svd_cache=str(tmp_path / "f.safetensors"),
+            dense_output_tokens=False,
+        ),
         progress=False,
     )
     engine.start_sparse_now()
@@ -376,6 +381,25 @@ def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
     assert output_positions[:, 6:11].all() and not output_positions[:, :6].any()
     torch.testing.assert_close(outputs["sparse"][output_positions], outputs["dense"][output_positions])
     assert not torch.allclose(outputs["sparse"][~output_positions], outputs["dense"][~output_positions])
+
+
+def test_encoder_first_token_runs_dense_and_the_others_sparse(tmp_path):
+    dense = _peft_model("bert")
+    sparse = copy.deepcopy(dense)
+    config = SparseLoRAConfig(ffn_sparsity=0.75, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    engine = apply_sparselora(sparse, config, progress=False)
+    engine.start_sparse_now()
+    outputs, grads = {}, {}
+    for name, model in (("dense", dense), ("sparse", sparse)):
+        ffn_out = model.base_model.model.bert.encoder.layer[0].output.dense
+        handle = ffn_out.register_forward_hook(lambda m, a, out, name=name: outputs.__setitem__(name, out))
+        _, grads[name] = _loss_and_grads(model, _batch())
+        handle.remove()
+    assert outputs["sparse"].shape == outputs["dense"].shape
+    torch.testing.assert_close(outputs["sparse"][:, 0], outputs["dense"][:, 0])  # [CLS]: dense FFN
+    assert not torch.allclose(outputs["sparse"][:, 1:], outputs["dense"][:, 1:])
+    up_lora = "bert.encoder.layer.0.intermediate.dense.lora_B.default.weight"
+    assert grads["sparse"][next(n for n in grads["sparse"] if n.endswith(up_lora))].abs().sum() > 0
 
 
 def test_unsupported_architectures_are_refused_clearly(tmp_path):

@@ -53,7 +53,10 @@ class SparseLoRAConfig(BaseModel):
     )
     dense_output_tokens: bool = Field(
         True,
-        description="Decoders: compute the FFN of output tokens (next label != -100) dense, context tokens sparse.",
+        description=(
+            "Compute the FFN of output tokens dense, context tokens sparse. Decoders: tokens whose next label"
+            " is trained (!= -100); encoders: the first token, which the classification head reads."
+        ),
     )
     svd_cache: str | None = Field(
         None, description="SVD factor cache file; default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors."

@@ -185,6 +185,7 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
         gate_estimator=factor_for(factors, layer, "gate") if swiglu else None,
         sparsity=sparsity,
         estimator_tokens=config.estimator_tokens,
+        dense_tokens=(("labels" if spec.kind == "decoder" else "first") if config.dense_output_tokens else None),
     )
 
 

@@ -78,11 +78,13 @@ class SparseFFN:
     gate_estimator: LowRank | None
     sparsity: float
     estimator_tokens: int = 256
+    dense_tokens: str | None = None  # "labels": decoder output tokens; "first": the token an encoder's head reads
     keep: torch.Tensor | None = None
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     channel_sq_sums: torch.Tensor | None = None  # calibration statistics
     _handles: list = field(default_factory=list)
     _down_weight_t: torch.Tensor | None = None
+    _first_token_h: torch.Tensor | None = None  # encoders: the first token's dense activation, joined at down
 
     @property
     def width(self) -> int:
@@ -158,8 +160,10 @@ class SparseFFN:
             if projection is not None:
                 projection.forward = self._rows_forward_for(projection)
         self.down.forward = self._columns_forward_for(self.down)
-        if engine.config.dense_output_tokens and self.gate is not None:
+        if self.dense_tokens == "labels":
             self.block.forward = self._token_split_forward_for(self.block, engine)
+        elif self.dense_tokens == "first":
+            self.block.forward = self._first_token_forward_for(self.block)
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -167,7 +171,7 @@ class SparseFFN:
         for module in (self.up, self.gate, self.down, self.block):
             if module is not None and "forward" in module.__dict__:
                 del module.forward
-        self._handles, self.keep, self._down_weight_t = [], None, None
+        self._handles, self.keep, self._down_weight_t, self._first_token_h = [], None, None, None
 
     def _rows_forward_for(self, module: nn.Module):
         dense = type(module).forward.__get__(module)
@@ -200,13 +204,35 @@ class SparseFFN:
 
         return forward
 
+    def _first_token_forward_for(self, block: nn.Module):
+        """Encoder FFN: the first token ([CLS], the one the classification head reads) dense, the rest sparse.
+
+        The up projection's block returns the sparse activations of every token and sets the first
+        token's dense activation aside; the down projection swaps it in. Computing the first token
+        sparse as well wastes one token but spares copying the input and its gradient.
+        """
+        whole = type(block).forward.__get__(block)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if self.keep is None:
+                return whole(x)
+            keep = self.keep
+            self.keep = None
+            self._first_token_h = whole(x[:, :1])
+            self.keep = keep
+            return whole(x)
+
+        return forward
+
     def _columns_forward_for(self, module: nn.Module):
         dense = type(module).forward.__get__(module)
 
         def forward(h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             if self.keep is None:
                 return dense(h, *args, **kwargs)
-            return columns_forward(module, h, self.keep, self._down_weight_t)
+            out = columns_forward(module, h, self.keep, self._down_weight_t)
+            first, self._first_token_h = self._first_token_h, None
+            return out if first is None else torch.cat([dense(first), out[:, 1:]], dim=1)
 
         return forward
 
