@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,7 @@ class SparseFFN:
     gate_estimator: LowRank | None
     sparsity: float
     estimator_tokens: int = 256
-    dense_tokens: str | None = None  # "labels": decoder output tokens; "first": the token an encoder's head reads
+    dense_tokens: Literal["labels", "first"] | None = None  # decoder output tokens / the token an encoder's head reads
     keep: torch.Tensor | None = None
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     channel_sq_sums: torch.Tensor | None = None  # calibration statistics
@@ -173,6 +174,14 @@ class SparseFFN:
                 del module.forward
         self._handles, self.keep, self._down_weight_t, self._first_token_h = [], None, None, None
 
+    def _dense(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """Run ``forward`` with every channel: the projections read ``self.keep`` at call time."""
+        keep, self.keep = self.keep, None
+        try:
+            return forward(x)
+        finally:
+            self.keep = keep
+
     def _rows_forward_for(self, module: nn.Module):
         dense = type(module).forward.__get__(module)
 
@@ -193,10 +202,7 @@ class SparseFFN:
             dense_tokens = engine.output_token_mask
             if self.keep is None or dense_tokens is None or dense_tokens.shape != x.shape[:-1]:
                 return whole(x)
-            keep = self.keep
-            self.keep = None
-            dense_out = whole(x[dense_tokens])
-            self.keep = keep
+            dense_out = self._dense(whole, x[dense_tokens])
             sparse_out = whole(x[~dense_tokens])
             out = x.new_empty((*x.shape[:-1], dense_out.shape[-1]))
             out[dense_tokens], out[~dense_tokens] = dense_out, sparse_out
@@ -216,10 +222,7 @@ class SparseFFN:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self.keep is None:
                 return whole(x)
-            keep = self.keep
-            self.keep = None
-            self._first_token_h = whole(x[:, :1])
-            self.keep = keep
+            self._first_token_h = self._dense(whole, x[:, :1])
             return whole(x)
 
         return forward
