@@ -1,13 +1,16 @@
-"""Dense LoRA vs SparseLoRA training-step time, in one process, on the same real batches.
+"""Dense LoRA vs SparseLoRA training-step time, in one process, on the same batches.
 
-Alternates one step of each model per batch after warm-up and reports the median step time of
-each, their ratio, the FLOPs ratio of one step (torch FlopCounterMode), and the share of the
-SparseLoRA step spent in the estimator (SVD projection + scoring + top-k). Writes JSON.
+Alternates one step of each per batch after warm-up and reports the median step time of each,
+their ratio, the FLOPs ratio of one step (torch FlopCounterMode), and the share of the
+SparseLoRA step spent in the estimator (SVD projection + scoring + top-k, FFN and attention).
+Writes JSON. Two kinds of case:
 
-    python benchmarks/sparselora_speed.py --config configs/sst2_sparselora.yaml --steps 30
-    python benchmarks/sparselora_speed.py --config configs/sst2_sparselora.yaml --set ffn_sparsity=0.9
+* a run config (packaged model, real data, dynamic padding), e.g.
+      python benchmarks/sparselora_speed.py --config configs/sst2_sparselora_attn.yaml --steps 30
+* a LLaMA-shaped model with random weights (timing does not depend on weight values), e.g. on a GPU
+      python benchmarks/sparselora_speed.py --llama 8b --seq-len 1024 --batch-size 4 --dtype bf16
 
-Runs unchanged on CUDA (synchronised timings) when a GPU is present.
+Runs unchanged on CUDA (timings synchronised around each step) when a GPU is present.
 """
 
 from __future__ import annotations
@@ -16,17 +19,43 @@ import argparse
 import copy
 import json
 import statistics
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import set_seed
 
-from sparselora.config import build_config, load_config
-from sparselora.methods import BuildContext, get_method
-from sparselora.pipeline import load_inputs
-from sparselora.sparse.engine import SparseLoRAEngine
+from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora
+
+# LLaMA 3.x shapes (Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B); "tiny" is for tests.
+LLAMA_SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256),
+}  # fmt: skip
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Case:
+    """What is timed: a dense and a sparse model (possibly one model with the engine toggled) and batches."""
+
+    models: dict[str, nn.Module]
+    engine: SparseLoRAEngine
+    batches: Iterator[dict[str, torch.Tensor]]
+    learning_rate: float
+    description: dict
 
 
 def _sync(device: torch.device) -> None:
@@ -34,56 +63,66 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step(model, optimizer, batch) -> None:
-    loss = model(**batch).loss
-    loss.backward()
+def _use(case: Case, name: str) -> nn.Module:
+    """The model for ``name``, with the engine on only for SparseLoRA (matters when both share one model)."""
+    case.engine.enabled = name == "sparselora"
+    return case.models[name]
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> None:
+    model(**batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def _step_flops(model, batch) -> int:
+def _step_flops(model: nn.Module, batch: dict) -> int:
     with FlopCounterMode(display=False) as counter:
         model(**batch).loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def _time_estimator(engine: SparseLoRAEngine, device: torch.device) -> list[float]:
-    """Wrap each layer's ``select`` to accumulate its wall time (seconds) per step."""
-    spent = [0.0]
-    for layer in engine.ffn:
-        select = layer.select
+def _instrument_estimator(engine: SparseLoRAEngine, device: torch.device) -> tuple[list[float], Callable[[], None]]:
+    """Wrap every block's ``select`` to accumulate its wall time; returns (seconds, undo).
 
-        def timed(x, _select=select):
+    The synchronisation this needs would distort the step times on a GPU, so it is only installed
+    for separate steps after the timed ones.
+    """
+    spent = [0.0]
+    blocks = [*engine.ffn, *engine.attention]
+    for block in blocks:
+
+        def timed(x, _select=block.select):
             _sync(device)
             start = time.perf_counter()
-            keep = _select(x)
+            chosen = _select(x)
             _sync(device)
             spent[0] += time.perf_counter() - start
-            return keep
+            return chosen
 
-        layer.select = timed
-    return spent
+        block.select = timed
+
+    def undo() -> None:
+        for block in blocks:
+            del block.select
+
+    return spent, undo
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/sst2_sparselora.yaml", help="a sparselora run config")
-    parser.add_argument("--set", action="append", default=[], help="config override key=value")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each model first")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of each model")
-    parser.add_argument("--out", default="runs/benchmarks/sparselora_speed.json")
-    args = parser.parse_args()
+# cases --------------------------------------------------------------------------------------------
+def config_case(config_path: str, overrides: list[str], device: torch.device) -> Case:
+    """A run config's model and real training batches; dense and sparse are two copies of one init."""
+    from sparselora.config import build_config, load_config
+    from sparselora.methods import BuildContext, get_method
+    from sparselora.pipeline import load_inputs
 
-    config = load_config(args.config, [*args.set, "progress=false"])
+    config = load_config(config_path, [*overrides, "progress=false"])
     if config.method != "sparselora":
         raise SystemExit(f"--config must use method: sparselora, got '{config.method}'")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(config.seed)
     inputs = load_inputs(config)
     base, new_modules = inputs.load_base_model()
     context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
-
     lora_config = build_config(
         {k: v for k, v in config.to_flat_dict().items() if k in _lora_keys()} | {"method": "lora"}
     )
@@ -93,76 +132,190 @@ def main() -> None:
         .model
     )
     sparse_setup = get_method("sparselora").build(base, context)
-    sparse = sparse_setup.model
-    engine: SparseLoRAEngine = sparse_setup.callbacks[0].engine
-    sparse.load_state_dict(dense.state_dict())  # identical LoRA init and head: only the computation differs
-
-    models = {"lora": dense.to(device).train(), "sparselora": sparse.to(device).train()}
-    optimizers = {
-        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=config.learning_rate)
-        for name, m in models.items()
-    }
+    sparse_setup.model.load_state_dict(dense.state_dict())  # identical LoRA init and head
     loader = inputs.train_loader()
-    batches = iter(loader)
 
-    flops_batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
-    # as in training: outlier channels calibrated on dense batches, then sparse (warm-up skipped)
-    engine.calibrate_outliers(sparse, [flops_batch])
-    engine.start_sparse_now()
-    flops = {name: _step_flops(model, flops_batch) for name, model in models.items()}
-    estimator_seconds = _time_estimator(engine, device)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    estimator_share: list[float] = []
+    def batches() -> Iterator[dict]:
+        while True:
+            for batch in loader:
+                yield {k: v.to(device) for k, v in batch.items()}
+
+    return Case(
+        models={"lora": dense.to(device), "sparselora": sparse_setup.model.to(device)},
+        engine=sparse_setup.callbacks[0].engine,
+        batches=batches(),
+        learning_rate=config.learning_rate,
+        description={
+            "config": config_path,
+            "overrides": overrides,
+            "model": config.model,
+            "task": config.task,
+            "batch_size": config.batch_size,
+            "dtype": "fp32",
+        },
+    )
+
+
+def llama_case(args: argparse.Namespace, device: torch.device) -> Case:
+    """A LLaMA-shaped decoder with random weights and random token batches.
+
+    One model serves both contenders (the engine is switched off for dense LoRA), so an 8B model
+    fits once in memory. Each sequence's last ``output_fraction`` tokens are trained labels (the
+    answer of an instruction-tuning example), the rest context; with ``dense_output_tokens`` the
+    answer tokens run dense, as SparseLoRA prescribes for decoders.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(args.seed)
+    shape = LLAMA_SHAPES[args.llama]
+    with torch.device(device):
+        base = AutoModelForCausalLM.from_config(
+            LlamaConfig(**shape, use_cache=False), dtype=DTYPES[args.dtype], attn_implementation="sdpa"
+        )
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets))
+    layers = shape["num_hidden_layers"]
+    dense_layers = sorted({0, 1, layers - 1})  # the paper's recipe: first layers and the last stay dense
+    sparse_config = SparseLoRAConfig(
+        svd_rank=args.svd_rank,
+        ffn_sparsity=args.ffn_sparsity,
+        attn_sparsity=args.attn_sparsity,
+        layer_sparsity={f"layers.{i}.{part}": 0.0 for i in dense_layers for part in ("mlp", "attn")},
+        dense_output_tokens=args.output_fraction < 1.0,
+        svd_cache=str(Path(tempfile.mkdtemp()) / "svd.safetensors"),
+    )
+    start = time.perf_counter()
+    engine = apply_sparselora(model, sparse_config, model_name=f"llama-{args.llama}-random", progress=False)
+    svd_seconds = time.perf_counter() - start
+    context = round(args.seq_len * (1 - args.output_fraction))
+
+    def batches() -> Iterator[dict]:
+        while True:
+            ids = torch.randint(0, shape["vocab_size"], (args.batch_size, args.seq_len), device=device)
+            labels = ids.clone()
+            labels[:, :context] = -100
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    return Case(
+        models={"lora": model, "sparselora": model},
+        engine=engine,
+        batches=batches(),
+        learning_rate=1e-4,
+        description={
+            "model": f"LLaMA {args.llama} shape, random weights",
+            "parameters": sum(p.numel() for p in base.parameters()),
+            "shape": shape,
+            "dtype": args.dtype,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "output_fraction": args.output_fraction,
+            "lora": {"r": args.lora_r, "targets": targets},
+            "svd_build_seconds": svd_seconds,
+        },
+    )
+
+
+# measurement --------------------------------------------------------------------------------------
+def measure(case: Case, device: torch.device, warmup: int, steps: int, estimator_steps: int) -> dict:
+    optimizers = {
+        name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=case.learning_rate)
+        for name, model in case.models.items()
+    }
+    for model in case.models.values():
+        model.train()
+    first = next(case.batches)
+    # as in training: outlier channels calibrated on a dense batch, then sparse (warm-up skipped)
+    case.engine.calibrate_outliers(_use(case, "sparselora"), [first])
+    case.engine.start_sparse_now()
+    flops = {name: _step_flops(_use(case, name), first) for name in case.models}
+
+    times: dict[str, list[float]] = {name: [] for name in case.models}
     tokens = []
-    for step in range(args.warmup + args.steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        order = list(models) if step % 2 == 0 else list(reversed(models))  # alternate who goes first
+    for step in range(warmup + steps):
+        batch = next(case.batches)
+        order = list(case.models) if step % 2 == 0 else list(reversed(case.models))  # alternate who goes first
         for name in order:
-            estimator_seconds[0] = 0.0
+            model = _use(case, name)
             _sync(device)
             start = time.perf_counter()
-            _step(models[name], optimizers[name], batch)
+            _step(model, optimizers[name], batch)
             _sync(device)
-            elapsed = time.perf_counter() - start
-            if step >= args.warmup:
-                times[name].append(elapsed)
-                if name == "sparselora":
-                    estimator_share.append(estimator_seconds[0] / elapsed)
-        if step >= args.warmup:
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+        if step >= warmup:
             tokens.append(int(batch["attention_mask"].sum()))
 
+    spent, undo = _instrument_estimator(case.engine, device)
+    shares = []
+    for _ in range(estimator_steps):
+        batch, spent[0] = next(case.batches), 0.0
+        model = _use(case, "sparselora")
+        _sync(device)
+        start = time.perf_counter()
+        _step(model, optimizers["sparselora"], batch)
+        _sync(device)
+        shares.append(spent[0] / (time.perf_counter() - start))
+    undo()
+
     median = {name: 1000 * statistics.median(values) for name, values in times.items()}
-    result = {
-        "config": args.config,
-        "overrides": args.set,
-        "model": config.model,
-        "task": config.task,
-        "device": torch.cuda.get_device_name(0)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "batch_size": config.batch_size,
-        "timed_steps": args.steps,
-        "warmup_steps": args.warmup,
+    return {
+        "timed_steps": steps,
+        "warmup_steps": warmup,
         "median_tokens_per_batch": statistics.median(tokens),
         "median_step_ms": median,
         "speedup": median["lora"] / median["sparselora"],
         "flops_per_step": flops,
         "flops_ratio_sparse_over_dense": flops["sparselora"] / flops["lora"],
-        "kept_ffn_fraction": engine.kept_fraction(),
-        "estimator_share_of_step_median": statistics.median(estimator_share),
-        "sparselora": engine.report(),
+        "kept_ffn_fraction": case.engine.kept_fraction(),
+        "estimator_share_of_step_median": statistics.median(shares) if shares else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/sst2_sparselora.yaml", help="a sparselora run config")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument("--llama", choices=sorted(LLAMA_SHAPES), help="time a random-weight LLaMA shape instead")
+    parser.add_argument("--seq-len", type=int, default=1024, help="--llama: tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=4, help="--llama: sequences per batch")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="--llama: weight dtype")
+    parser.add_argument(
+        "--output-fraction", type=float, default=0.25, help="--llama: trained (answer) share of each sequence"
+    )
+    parser.add_argument("--ffn-sparsity", type=float, default=0.75, help="--llama")
+    parser.add_argument("--attn-sparsity", type=float, default=0.5, help="--llama")
+    parser.add_argument("--svd-rank", type=int, default=8, help="--llama")
+    parser.add_argument("--lora-r", type=int, default=16, help="--llama")
+    parser.add_argument("--seed", type=int, default=0, help="--llama")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each model first")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each model")
+    parser.add_argument("--estimator-steps", type=int, default=3, help="extra sparse steps timing the estimator")
+    parser.add_argument("--out", default="runs/benchmarks/sparselora_speed.json")
+    args = parser.parse_args()
+    if not 0 < args.output_fraction <= 1:
+        parser.error(f"--output-fraction must be in (0, 1], got {args.output_fraction}")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    case = llama_case(args, device) if args.llama else config_case(args.config, args.set, device)
+    result = {
+        **case.description,
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        **measure(case, device, args.warmup, args.steps, args.estimator_steps),
+        "sparselora": case.engine.report(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    median = result["median_step_ms"]
+    share = result["estimator_share_of_step_median"]
     print(
         f"dense LoRA {median['lora']:.1f} ms/step | SparseLoRA {median['sparselora']:.1f} ms/step | "
         f"speedup {result['speedup']:.3f}x | FLOPs ratio {result['flops_ratio_sparse_over_dense']:.3f} | "
-        f"estimator {100 * result['estimator_share_of_step_median']:.1f}% of the step | → {args.out}"
+        f"estimator {'n/a' if share is None else f'{100 * share:.1f}%'} of the step | → {args.out}"
     )
 
 

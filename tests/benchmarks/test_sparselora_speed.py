@@ -47,3 +47,21 @@ def test_benchmark_writes_its_json(tiny_llama_dir, data_env, tmp_path):
     assert 0 < result["flops_ratio_sparse_over_dense"] < 1
     assert result["sparselora"]["attn_sparsity_per_layer"] == [0.5, 0.5]
     assert "speedup" in done.stdout
+
+
+def test_benchmark_times_a_random_llama_shape(tmp_path):
+    """The GPU case (--llama SIZE) runs end to end on the tiny shape, with some layers sparse."""
+    out = tmp_path / "llama.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "sparselora_speed.py"),
+        *("--llama", "tiny", "--seq-len", "32", "--batch-size", "2", "--warmup", "1", "--steps", "2"),
+        *("--out", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "bf16" and result["seq_len"] == 32
+    assert 0 < result["flops_ratio_sparse_over_dense"] < 1
+    assert result["sparselora"]["ffn_sparsity_per_layer"] == [0.0, 0.0, 0.75, 0.0]
+    assert 0 < result["estimator_share_of_step_median"] < 1

@@ -215,6 +215,36 @@ def test_detach_restores_dense_forwards(tmp_path):
     torch.testing.assert_close(_loss_and_grads(sparse, _batch())[0], _loss_and_grads(dense, _batch())[0])
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_model_moved_after_attach_runs_sparse_on_its_new_dtype(family, tmp_path):
+    """Trainer and benchmarks move the model (device, dtype) after apply_sparselora: the engine follows."""
+    model = _peft_model(family)
+    config = SparseLoRAConfig(ffn_sparsity=0.5, attn_sparsity=0.5, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    engine = apply_sparselora(model, config, progress=False)
+    engine.start_sparse_now()
+    model.to(torch.float64)
+    logits, grads = _loss_and_grads(model, _batch())
+    assert engine.ffn[0].keep is not None and engine.attention[0].selection is not None
+    assert logits.dtype == torch.float64 and all(g.dtype == torch.float64 for g in grads.values())
+    assert engine.ffn[0].up_estimator.a.dtype == torch.float64
+
+
+def test_bf16_base_with_fp32_adapters_matches_peft(tmp_path):
+    """PEFT keeps adapters in fp32 over a bf16 base; the sparse path must add them as PEFT does."""
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_config(CONFIGS["llama"], dtype=torch.bfloat16)
+    dense = get_peft_model(base, LoraConfig(r=4, target_modules=TARGETS["llama"], task_type="SEQ_CLS"))
+    assert dense.base_model.model.model.layers[0].mlp.up_proj.lora_A["default"].weight.dtype == torch.float32
+    sparse = copy.deepcopy(dense)
+    config = SparseLoRAConfig(ffn_sparsity=1e-9, attn_sparsity=1e-9, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    apply_sparselora(sparse, config, progress=False).start_sparse_now()
+    logits_s, grads_s = _loss_and_grads(sparse, _batch())
+    logits_d, grads_d = _loss_and_grads(dense, _batch())
+    torch.testing.assert_close(logits_s, logits_d)
+    for name in grads_d:
+        torch.testing.assert_close(grads_s[name], grads_d[name], rtol=0.02, atol=1e-3)
+
+
 def test_layer_schedule_forms_and_errors():
     config = SparseLoRAConfig(ffn_sparsity=0.5, layer_sparsity={"layer.0": 0.0, "layers.1.mlp": 0.9})
     assert layer_schedule(config, 3, "mlp") == [0.0, 0.9, 0.5]

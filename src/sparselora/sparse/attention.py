@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sparselora.sparse.ffn import columns_forward, linear_parts, rows_forward
+from sparselora.sparse.ffn import columns_forward, linear_parts, rows_forward, transposed
 from sparselora.sparse.svd import LowRank
 
 
@@ -73,9 +73,9 @@ class SparseAttention:
 
     # selection ------------------------------------------------------------------------------
     def _estimate(self, flat: torch.Tensor, role: str, heads: int) -> torch.Tensor:
-        factor = self.estimators[role]
+        factor = self.estimators[role] = self.estimators[role].to(flat)
         bias = linear_parts(getattr(self, role))[0].bias
-        out = flat @ factor.a.to(flat.dtype) @ factor.b.to(flat.dtype)
+        out = flat @ factor.a @ factor.b
         if bias is not None:
             out = out + bias
         return out.view(flat.shape[0], heads, self.head_dim)
@@ -158,7 +158,6 @@ class SparseAttention:
         self._attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager)
         dropout = getattr(self.module, "attention_dropout", None)  # LLaMA: a float; BERT: an nn.Dropout
         self._dropout_p = dropout if dropout is not None else self.module.dropout.p
-        self._o_weight_t = linear_parts(self.o)[0].weight.detach().T.contiguous()
         dense_attention = type(self.module).forward.__get__(self.module)
         dense_o = type(self.o).forward.__get__(self.o)
 
@@ -175,6 +174,7 @@ class SparseAttention:
         def o_forward(h, *args, **kwargs):
             if self.selection is None:
                 return dense_o(h, *args, **kwargs)
+            self._o_weight_t = transposed(linear_parts(self.o)[0].weight, self._o_weight_t)
             return columns_forward(self.o, h, self.selection.o_columns, self._o_weight_t)
 
         self._handles = [self.module.register_forward_pre_hook(choose, with_kwargs=True)]

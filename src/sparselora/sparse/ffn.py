@@ -49,8 +49,16 @@ def rows_forward(module: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torc
     bias = base.bias.index_select(0, keep) if base.bias is not None else None
     out = F.linear(x, base.weight.index_select(0, keep), bias)
     for a, b, scale, dropout in branches:
-        out = out + F.linear(F.linear(dropout(x), a), b.index_select(0, keep)) * scale
+        lora = F.linear(F.linear(dropout(x).to(a.dtype), a), b.index_select(0, keep)) * scale
+        out = (out + lora).to(out.dtype)  # as PEFT: fp32 adapters over a bf16 base add in fp32
     return out
+
+
+def transposed(weight: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
+    """Wᵀ made contiguous, rebuilt only when the model moved or changed dtype since ``cached`` was made."""
+    if cached is not None and cached.device == weight.device and cached.dtype == weight.dtype:
+        return cached
+    return weight.detach().T.contiguous()
 
 
 def columns_forward(module: nn.Module, h: torch.Tensor, keep: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
@@ -61,7 +69,8 @@ def columns_forward(module: nn.Module, h: torch.Tensor, keep: torch.Tensor, weig
     base, branches = linear_parts(module)
     out = F.linear(h, weight_t.index_select(0, keep).T, base.bias)
     for a, b, scale, dropout in branches:
-        out = out + F.linear(F.linear(dropout(h), a.index_select(1, keep)), b) * scale
+        lora = F.linear(F.linear(dropout(h).to(a.dtype), a.index_select(1, keep)), b) * scale
+        out = (out + lora).to(out.dtype)
     return out
 
 
@@ -107,12 +116,14 @@ class SparseFFN:
         stride = max(1, flat.shape[0] // self.estimator_tokens)
         flat = flat[::stride]
         up_bias = linear_parts(self.up)[0].bias
-        up = flat @ self.up_estimator.a.to(flat.dtype) @ self.up_estimator.b.to(flat.dtype)
+        self.up_estimator = self.up_estimator.to(flat)
+        up = flat @ self.up_estimator.a @ self.up_estimator.b
         if up_bias is not None:
             up = up + up_bias
         if self.gate_estimator is None:
             return self.activation(up)
-        gate = flat @ self.gate_estimator.a.to(flat.dtype) @ self.gate_estimator.b.to(flat.dtype)
+        self.gate_estimator = self.gate_estimator.to(flat)
+        gate = flat @ self.gate_estimator.a @ self.gate_estimator.b
         return self.activation(gate) * up
 
     @torch.no_grad()
@@ -143,7 +154,6 @@ class SparseFFN:
     # wiring -----------------------------------------------------------------------------------
     def attach(self, engine) -> None:
         """Install the selection hook and the sparse forwards on this layer's module instances."""
-        self._down_weight_t = linear_parts(self.down)[0].weight.detach().T.contiguous()
 
         def choose(_module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
@@ -233,6 +243,7 @@ class SparseFFN:
         def forward(h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             if self.keep is None:
                 return dense(h, *args, **kwargs)
+            self._down_weight_t = transposed(linear_parts(module)[0].weight, self._down_weight_t)
             out = columns_forward(module, h, self.keep, self._down_weight_t)
             first, self._first_token_h = self._first_token_h, None
             return out if first is None else torch.cat([dense(first), out[:, 1:]], dim=1)

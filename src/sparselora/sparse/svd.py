@@ -37,6 +37,12 @@ class LowRank:
     a: torch.Tensor
     b: torch.Tensor
 
+    def to(self, like: torch.Tensor) -> LowRank:
+        """These factors on ``like``'s device and dtype: the model may move or change dtype after attach."""
+        if self.a.device == like.device and self.a.dtype == like.dtype:
+            return self
+        return LowRank(a=self.a.to(like), b=self.b.to(like))
+
 
 def base_weight(module: nn.Module) -> torch.Tensor:
     """The frozen weight of a projection, whether or not PEFT wrapped it."""
@@ -61,7 +67,7 @@ def fingerprint(model: nn.Module, spec: ArchSpec) -> str:
         if proj.role in _IDENTITY_ROLES:
             weight = base_weight(proj.module).detach()
             digest.update(f"{proj.layer}.{proj.role}{tuple(weight.shape)}".encode())
-            digest.update(weight.flatten()[:: max(1, weight.numel() // 64)].float().numpy().tobytes())
+            digest.update(weight.flatten()[:: max(1, weight.numel() // 64)].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
