@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,10 +193,10 @@ def llama_case(args: argparse.Namespace, device: torch.device) -> Case:
         attn_sparsity=args.attn_sparsity,
         layer_sparsity={f"layers.{i}.{part}": 0.0 for i in dense_layers for part in ("mlp", "attn")},
         dense_output_tokens=args.output_fraction < 1.0,
-        svd_cache=str(Path(tempfile.mkdtemp()) / "svd.safetensors"),
     )
-    start = time.perf_counter()
-    engine = apply_sparselora(model, sparse_config, model_name=f"llama-{args.llama}-random", progress=False)
+    start = time.perf_counter()  # the factors are cached per shape, seed and dtype: a rerun loads them
+    name = f"llama-{args.llama}-random-seed{args.seed}-{args.dtype}"
+    engine = apply_sparselora(model, sparse_config, model_name=name, progress=False)
     svd_seconds = time.perf_counter() - start
     context = round(args.seq_len * (1 - args.output_fraction))
 
@@ -290,6 +289,7 @@ def profile(case: Case, device: torch.device, steps: int, lr: float) -> dict:
     On a GPU, busy time well under the step's wall time means the step is bound by launches and
     Python, not arithmetic; that is what limits a FLOPs reduction's speed-up.
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -308,7 +308,11 @@ def profile(case: Case, device: torch.device, steps: int, lr: float) -> dict:
             _sync(device)
             wall = (time.perf_counter() - start) / steps
         field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, field), reverse=True)
+        kind = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
+        # kernels only: an op's device time is also reported on the op that launched it
+        events = sorted(
+            (e for e in prof.key_averages() if e.device_type == kind), key=lambda e: getattr(e, field), reverse=True
+        )
         busy = sum(getattr(e, field) for e in events) / 1000 / steps
         report[name] = {
             "wall_ms_per_step": 1000 * wall,

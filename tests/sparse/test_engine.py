@@ -407,7 +407,7 @@ def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
         torch.manual_seed(1)
         model(input_ids=batch["input_ids"], labels=labels)
         handle.remove()
-    output_positions = engine.output_token_mask
+    output_positions = engine.output_tokens.mask
     assert output_positions[:, 6:11].all() and not output_positions[:, :6].any()
     torch.testing.assert_close(outputs["sparse"][output_positions], outputs["dense"][output_positions])
     assert not torch.allclose(outputs["sparse"][~output_positions], outputs["dense"][~output_positions])

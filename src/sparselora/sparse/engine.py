@@ -24,6 +24,26 @@ from sparselora.sparse.ffn import SparseFFN, activation_of
 from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors
 
 
+@dataclass(frozen=True)
+class TokenSplit:
+    """Output and context positions of a batch as flat indices, found once per step.
+
+    Every layer gathers and re-orders tokens with these; boolean masks would instead make each
+    layer wait for the GPU to count the selected tokens (one host sync per layer, forward and backward).
+    """
+
+    mask: torch.Tensor  # (batch, seq): True where the next token is a trained label
+    dense: torch.Tensor  # flat positions computed dense (output tokens)
+    sparse: torch.Tensor  # flat positions computed sparse (context tokens)
+    inverse: torch.Tensor  # cat([dense, sparse])[inverse] restores the original token order
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> TokenSplit:
+        flat = mask.flatten()
+        dense, sparse = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+        return cls(mask=mask, dense=dense, sparse=sparse, inverse=torch.cat([dense, sparse]).argsort())
+
+
 @dataclass
 class SparseLoRAEngine:
     """All sparsified blocks of one model, and the step-wise schedule (calibrate → warm-up → sparse)."""
@@ -37,7 +57,7 @@ class SparseLoRAEngine:
     sparse_until_step: int | None = None  # dense cool-down from this step on
     calibrating: bool = True
     enabled: bool = True
-    output_token_mask: torch.Tensor | None = None  # (batch, seq): positions whose next token is a label
+    output_tokens: TokenSplit | None = None  # decoders: this batch's output / context positions
     _model_hook: object = None
 
     def sparse_now(self, sparsity: float, training: bool) -> bool:
@@ -82,11 +102,11 @@ class SparseLoRAEngine:
         """Model pre-hook: position t is an output token when labels[t + 1] is trained (causal LM shift)."""
         labels = kwargs.get("labels")
         if labels is None or labels.dim() != 2:
-            self.output_token_mask = None
+            self.output_tokens = None
             return
         mask = torch.zeros_like(labels, dtype=torch.bool)
         mask[:, :-1] = labels[:, 1:] != -100
-        self.output_token_mask = mask
+        self.output_tokens = TokenSplit.of(mask)
 
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:

@@ -209,14 +209,13 @@ class SparseFFN:
         whole = type(block).forward.__get__(block)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            dense_tokens = engine.output_token_mask
-            if self.keep is None or dense_tokens is None or dense_tokens.shape != x.shape[:-1]:
+            split = engine.output_tokens
+            if self.keep is None or split is None or split.mask.shape != x.shape[:-1]:
                 return whole(x)
-            dense_out = self._dense(whole, x[dense_tokens])
-            sparse_out = whole(x[~dense_tokens])
-            out = x.new_empty((*x.shape[:-1], dense_out.shape[-1]))
-            out[dense_tokens], out[~dense_tokens] = dense_out, sparse_out
-            return out
+            flat = x.reshape(-1, x.shape[-1])
+            dense_out = self._dense(whole, flat.index_select(0, split.dense))
+            sparse_out = whole(flat.index_select(0, split.sparse))
+            return torch.cat([dense_out, sparse_out]).index_select(0, split.inverse).view(*x.shape[:-1], -1)
 
         return forward
 
