@@ -80,6 +80,8 @@ def test_eval_reproduces_the_recorded_metrics(lora_run):
     recorded, measured = evaluate_run(lora_run)
     for key, value in recorded.items():
         assert measured[key] == pytest.approx(value, abs=1e-6), key
+    with pytest.raises(ValueError, match="--sparse evaluates SparseLoRA runs; .* method 'lora'"):
+        evaluate_run(lora_run, sparse=True)
 
 
 def test_plain_peft_loading_gives_the_same_predictions(lora_run, tiny_bert_dir):

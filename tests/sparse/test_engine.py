@@ -301,6 +301,8 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
     assert adapter["peft_type"] == "LORA" and sorted(adapter["target_modules"]) == ["query", "value"]
     recorded, measured = evaluate_run(run)  # reloads as plain LoRA, evaluates dense
     assert measured["accuracy"] == pytest.approx(recorded["accuracy"])
+    _, sparse_measured = evaluate_run(run, sparse=True)  # the same adapter on the sparse network
+    assert sparse_measured["eval_loss"] != pytest.approx(measured["eval_loss"], abs=1e-6)
     assert (tmp_path / "svd.safetensors").is_file()
     method = json.loads((run / "metrics.json").read_text())["method"]
     assert method["ffn_kept_fraction"] == pytest.approx(0.5) and method["sparse_from_step"] == 1
