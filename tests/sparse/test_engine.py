@@ -1,6 +1,7 @@
 """SparseLoRA FFN engine: exactness at sparsity 0, real FLOPs savings, schedule, errors."""
 
 import copy
+import math
 import re
 
 import pytest
@@ -243,6 +244,36 @@ def test_bf16_base_with_fp32_adapters_matches_peft(tmp_path):
     torch.testing.assert_close(logits_s, logits_d)
     for name in grads_d:
         torch.testing.assert_close(grads_s[name], grads_d[name], rtol=0.02, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
+def test_trainer_moves_the_model_to_cuda_and_it_trains_sparse(tmp_path):
+    """The HF Trainer moves the model to the GPU after apply_sparselora: selection and estimators follow it."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_config(CONFIGS["llama"]), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    config = SparseLoRAConfig(
+        ffn_sparsity=0.5, attn_sparsity=0.5, svd_rank=4, sparse_warmup_ratio=0.0, calibration_steps=1,
+        svd_cache=str(tmp_path / "f.st"),
+    )  # fmt: skip
+    engine = apply_sparselora(model, config, progress=False)
+    ids = torch.randint(1, 100, (16, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100  # a prompt and an answer: the token split runs on the GPU too
+    data = [{"input_ids": i, "labels": label} for i, label in zip(ids, labels, strict=True)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, bf16=True,
+        logging_steps=1, save_strategy="no", report_to=[],
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=arguments, train_dataset=data, callbacks=[engine.callback()])
+    trainer.train()
+    assert engine.ffn[0].keep is not None and engine.ffn[0].keep.is_cuda
+    assert engine.ffn[0].up_estimator.a.is_cuda and engine.attention[0].selection is not None
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
 
 
 def test_layer_schedule_forms_and_errors():
