@@ -68,10 +68,23 @@ def _use(case: Case, name: str) -> nn.Module:
     return case.models[name]
 
 
+def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> None:
     model(**batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, device: torch.device) -> float:
+    """Seconds of one training step, with the accelerator's queue drained before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    _step(model, optimizer, batch)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def _step_flops(model: nn.Module, batch: dict) -> int | None:
@@ -225,10 +238,7 @@ def llama_case(args: argparse.Namespace, device: torch.device) -> Case:
 
 # measurement --------------------------------------------------------------------------------------
 def measure(case: Case, device: torch.device, warmup: int, steps: int, estimator_steps: int) -> dict:
-    optimizers = {
-        name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=case.learning_rate)
-        for name, model in case.models.items()
-    }
+    optimizers = {name: _optimizer(model, case.learning_rate) for name, model in case.models.items()}
     for model in case.models.values():
         model.train()
     first = next(case.batches)
@@ -243,26 +253,18 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, estimator
         batch = next(case.batches)
         order = list(case.models) if step % 2 == 0 else list(reversed(case.models))  # alternate who goes first
         for name in order:
-            model = _use(case, name)
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, optimizers[name], batch)
-            _sync(device)
+            elapsed = _timed_step(_use(case, name), optimizers[name], batch, device)
             if step >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(elapsed)
         if step >= warmup:
             tokens.append(int(batch["attention_mask"].sum()))
 
     spent, undo = _instrument_estimator(case.engine, device)
     shares = []
     for _ in range(estimator_steps):
-        batch, spent[0] = next(case.batches), 0.0
-        model = _use(case, "sparselora")
-        _sync(device)
-        start = time.perf_counter()
-        _step(model, optimizers["sparselora"], batch)
-        _sync(device)
-        shares.append(spent[0] / (time.perf_counter() - start))
+        spent[0] = 0.0
+        elapsed = _timed_step(_use(case, "sparselora"), optimizers["sparselora"], next(case.batches), device)
+        shares.append(spent[0] / elapsed)
     undo()
 
     median = {name: 1000 * statistics.median(values) for name, values in times.items()}
@@ -280,7 +282,7 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, estimator
     }
 
 
-def profile(case: Case, device: torch.device, steps: int, lr: float) -> dict:
+def profile(case: Case, device: torch.device, steps: int) -> dict:
     """Where each contender's step time goes (torch.profiler): busy accelerator time and the top ops.
 
     On a GPU, busy time well under the step's wall time means the step is bound by launches and
@@ -294,7 +296,7 @@ def profile(case: Case, device: torch.device, steps: int, lr: float) -> dict:
     report = {}
     for name in case.models:
         model = _use(case, name)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        optimizer = _optimizer(model, case.learning_rate)
         batches = [next(case.batches) for _ in range(steps)]
         _step(model, optimizer, batches[0])  # optimizer state exists before profiling
         _sync(device)
@@ -362,7 +364,7 @@ def main() -> None:
         "sparselora": case.engine.report(),
     }
     if args.profile:
-        result["profile"] = profile(case, device, args.profile, case.learning_rate)
+        result["profile"] = profile(case, device, args.profile)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     median = result["median_step_ms"]

@@ -40,11 +40,10 @@ def _attach_sparsity(model: nn.Module, config: RunConfig, inputs: RunInputs) -> 
 
     Separates what sparse training learned from how well it carries over to the dense model.
     """
-    from sparselora.sparse.config import SparseLoRAConfig
+    from sparselora.methods.sparselora import sparse_config_of
     from sparselora.sparse.engine import apply_sparselora
 
-    options = config.method_options
-    settings = {key: getattr(options, key) for key in SparseLoRAConfig.model_fields} | {"sparse_eval": True}
-    engine = apply_sparselora(model, SparseLoRAConfig(**settings), model_name=config.model, progress=False)
-    engine.calibrate_outliers(model, list(itertools.islice(inputs.train_loader(), settings["calibration_steps"])))
+    sparse_config = sparse_config_of(config.method_options, sparse_eval=True)
+    engine = apply_sparselora(model, sparse_config, model_name=config.model, progress=False)
+    engine.calibrate_outliers(model, list(itertools.islice(inputs.train_loader(), sparse_config.calibration_steps)))
     engine.start_sparse_now()

@@ -20,10 +20,15 @@ class SparseLoRAOptions(LoraOptions, SparseLoRAConfig):
     """LoRA keys plus the sparsity keys (svd_rank, ffn_sparsity, layer_sparsity, ...)."""
 
 
+def sparse_config_of(options: SparseLoRAOptions, **changes) -> SparseLoRAConfig:
+    """The engine's settings out of a run's method options (which also hold the LoRA keys)."""
+    return SparseLoRAConfig(**{key: getattr(options, key) for key in SparseLoRAConfig.model_fields} | changes)
+
+
 def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     options: SparseLoRAOptions = ctx.config.method_options  # type: ignore[assignment]
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
-    sparse_config = SparseLoRAConfig(**{key: getattr(options, key) for key in SparseLoRAConfig.model_fields})
+    sparse_config = sparse_config_of(options)
     engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
     return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
 

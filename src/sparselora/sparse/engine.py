@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -26,22 +27,29 @@ from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_f
 
 @dataclass(frozen=True)
 class TokenSplit:
-    """Output and context positions of a batch as flat indices, found once per step.
+    """Output and context positions of a batch as flat indices, found once per step and only if needed.
 
-    Every layer gathers and re-orders tokens with these; boolean masks would instead make each
-    layer wait for the GPU to count the selected tokens (one host sync per layer, forward and backward).
+    Every sparse layer gathers and re-orders tokens with these; boolean masks would instead make
+    each layer wait for the GPU to count the selected tokens (a host sync per layer, forward and
+    backward). Dense steps (warm-up, cool-down, evaluation) never compute them.
     """
 
     mask: torch.Tensor  # (batch, seq): True where the next token is a trained label
-    dense: torch.Tensor  # flat positions computed dense (output tokens)
-    sparse: torch.Tensor  # flat positions computed sparse (context tokens)
-    inverse: torch.Tensor  # cat([dense, sparse])[inverse] restores the original token order
 
-    @classmethod
-    def of(cls, mask: torch.Tensor) -> TokenSplit:
-        flat = mask.flatten()
-        dense, sparse = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
-        return cls(mask=mask, dense=dense, sparse=sparse, inverse=torch.cat([dense, sparse]).argsort())
+    @cached_property
+    def dense(self) -> torch.Tensor:
+        """Flat positions computed dense (output tokens)."""
+        return self.mask.flatten().nonzero().squeeze(1)
+
+    @cached_property
+    def sparse(self) -> torch.Tensor:
+        """Flat positions computed sparse (context tokens)."""
+        return (~self.mask.flatten()).nonzero().squeeze(1)
+
+    @cached_property
+    def inverse(self) -> torch.Tensor:
+        """``cat([dense, sparse])[inverse]`` restores the original token order."""
+        return torch.cat([self.dense, self.sparse]).argsort()
 
 
 @dataclass
@@ -106,7 +114,7 @@ class SparseLoRAEngine:
             return
         mask = torch.zeros_like(labels, dtype=torch.bool)
         mask[:, :-1] = labels[:, 1:] != -100
-        self.output_tokens = TokenSplit.of(mask)
+        self.output_tokens = TokenSplit(mask)
 
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:
