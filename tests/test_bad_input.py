@@ -135,6 +135,10 @@ CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
     ),
     "rank 0": lambda w: (w.train_args("lora_r=0"), "lora_r: Input should be greater than 0"),
     "sparsity 1": lambda w: (w.train_args("method=sparselora", "ffn_sparsity=1.0"), "ffn_sparsity"),
+    "unknown predictor": lambda w: (
+        w.train_args("method=sparselora", "predictor=best"),
+        "predictor: Input should be 'svd', 'oracle' or 'random'",
+    ),
     "batch size 0": lambda w: (w.train_args("batch_size=0"), "batch_size: Input should be greater than 0"),
     "negative L1": lambda w: (w.train_args("method=lora_l1", "l1_lambda=-1"), "l1_lambda"),
     "prune ratio 1": lambda w: (w.train_args("method=lora_prune", "prune_ratio=1.0"), "prune_ratio"),

@@ -154,11 +154,15 @@ def test_calibrate_writes_a_layer_sparsity_map_meeting_the_target(tiny_bert_dir,
     build_config({"method": "sparselora", "layer_sparsity": chosen})
 
 
-def test_calibrate_map_keeps_attention_the_config_left_dense(tiny_bert_dir, data_env, tmp_path):
-    """Pasted over the config's layer_sparsity, the map must not turn layer 0's attention sparse."""
+@pytest.mark.parametrize("model_fixture", ["tiny_bert_dir", "tiny_llama_dir"])
+def test_calibrate_map_keeps_attention_the_config_left_dense(model_fixture, request, data_env, tmp_path):
+    """Pasted over the config's layer_sparsity, the map must not turn layer 0's attention sparse.
+
+    On a decoder too: its eval forwards must not ask sparse attention to fill a KV cache."""
     import yaml
 
-    config = _sparse_config(tmp_path, tiny_bert_dir, layer_sparsity={"layers.0.attn": 0.0})
+    model_dir = request.getfixturevalue(model_fixture)
+    config = _sparse_config(tmp_path, model_dir, layer_sparsity={"layers.0.attn": 0.0})
     out = tmp_path / "layers.yaml"
     result = runner.invoke(app, ["calibrate", str(config), "--target", "0.3", "--batches", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -197,7 +197,9 @@ def sparse_recall(
     set_: SetOption = None,
     batches: Annotated[int, typer.Option(help="Real training batches to measure on.")] = 4,
 ) -> None:
-    """Per layer: share of the oracle top-k channels the SVD predictor picks (random = kept/width)."""
+    """Per layer: share of the oracle top-k channels the predictor picks (random = kept/width); then how far
+    the sparse network's output is from the dense one with the SVD, oracle and random channels."""
+    from sparselora.sparse.output_error import predictor_errors
     from sparselora.sparse.recall import measure_recall
 
     session = _sparse_session(config, set_, batches)
@@ -214,6 +216,12 @@ def sparse_recall(
             str(row.outliers),
         )
     console.print(table)
+    errors = Table(title="sparse vs dense network: relative error of the final hidden states")
+    for column in ("channels picked by", "error"):
+        errors.add_column(column, justify="right")
+    for predictor, error in predictor_errors(session.model, session.engine, session.batches).items():
+        errors.add_row(predictor, f"{error:.3f}")
+    console.print(errors)
 
 
 @app.command()

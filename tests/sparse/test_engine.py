@@ -418,6 +418,28 @@ def test_recall_rises_with_rank_to_near_one(family, high_rank, floor, tmp_path):
     assert sum(row.recall for row in recalls[1]) < sum(row.recall for row in recalls[high_rank])
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_oracle_predictor_picks_the_oracle_channels_and_errs_least(family, tmp_path):
+    """predictor='oracle' scores the exact projections: recall 1 everywhere; its network error ≤ SVD's and random's."""
+    from sparselora.sparse.output_error import predictor_errors
+    from sparselora.sparse.recall import measure_recall
+
+    batches = [_batch(seed) for seed in range(3)]
+    model = _peft_model(family, trained=False)
+    config = SparseLoRAConfig(
+        ffn_sparsity=0.5, attn_sparsity=0.5, svd_rank=1, predictor="oracle", svd_cache=str(tmp_path / "f.st")
+    )
+    engine = apply_sparselora(model, config, progress=False)
+    engine.calibrate_outliers(model, batches[:1])
+    assert min(row.recall for row in measure_recall(model, engine, batches)) == pytest.approx(1.0)
+    model.train()
+    errors = predictor_errors(model, engine, batches)
+    assert set(errors) == {"svd", "oracle", "random"}
+    assert 0 < errors["oracle"] < min(errors["svd"], errors["random"])
+    assert all(block.predictor == "oracle" for block in [*engine.ffn, *engine.attention])  # restored
+    assert model.training and not engine.config.sparse_eval
+
+
 def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
     from transformers import AutoModelForCausalLM
 

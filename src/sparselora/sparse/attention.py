@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sparselora.sparse.ffn import columns_forward, linear_parts, rows_forward, transposed
+from sparselora.sparse.config import Predictor
+from sparselora.sparse.ffn import columns_forward, linear_parts, predicted_projection, rows_forward, transposed
 from sparselora.sparse.svd import LowRank
 
 
@@ -59,6 +60,7 @@ class SparseAttention:
     estimators: dict[str, LowRank]
     sparsity: float
     estimator_tokens: int = 256
+    predictor: Predictor = "svd"
     selection: HeadSelection | None = None
     output_inside: bool = False
     _handles: list = field(default_factory=list)
@@ -74,10 +76,7 @@ class SparseAttention:
     # selection ------------------------------------------------------------------------------
     def _estimate(self, flat: torch.Tensor, role: str, heads: int) -> torch.Tensor:
         factor = self.estimators[role] = self.estimators[role].to(flat)
-        bias = linear_parts(getattr(self, role))[0].bias
-        out = flat @ factor.a @ factor.b
-        if bias is not None:
-            out = out + bias
+        out = predicted_projection(flat, getattr(self, role), factor, self.predictor)
         return out.view(flat.shape[0], heads, self.head_dim)
 
     @torch.no_grad()

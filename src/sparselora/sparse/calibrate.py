@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sparselora.sparse.engine import SparseLoRAEngine
 from sparselora.sparse.ffn import linear_parts
+from sparselora.sparse.output_error import final_hidden, relative_error
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)
 
@@ -41,20 +42,6 @@ def _macs(modules: list[nn.Module]) -> int:
     return sum(linear_parts(m)[0].weight.numel() for m in modules if m is not None)
 
 
-def _final_hidden(model: nn.Module, batches: list[dict]) -> list[torch.Tensor]:
-    outputs = []
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        outputs.append(model(**inputs, output_hidden_states=True).hidden_states[-1])
-    return outputs
-
-
-def _relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    num = sum(float((o - r).float().pow(2).sum()) for o, r in zip(outputs, reference, strict=True))
-    den = sum(float(r.float().pow(2).sum()) for r in reference)
-    return (num / den) ** 0.5
-
-
 def _set_all(engine: SparseLoRAEngine, sparsity: float) -> None:
     for block in [*engine.ffn, *engine.attention]:
         block.sparsity = sparsity
@@ -76,7 +63,7 @@ def calibrate(
     engine.config.sparse_eval = True
     engine.start_sparse_now()
     _set_all(engine, 0.0)
-    reference = _final_hidden(model, batches)
+    reference = final_hidden(model, batches)
     blocks = [Block(b.layer, "mlp", _macs([b.up, b.gate, b.down])) for b in engine.ffn]
     blocks += [Block(b.layer, "attn", _macs([b.q, b.k, b.v, b.o])) for b in engine.attention]
     by_key = {(b.layer, "mlp"): b for b in engine.ffn} | {(b.layer, "attn"): b for b in engine.attention}
@@ -85,7 +72,7 @@ def calibrate(
         for block in blocks:
             for level in levels:
                 by_key[(block.layer, block.part)].sparsity = level
-                damage[(block.layer, block.part, level)] = _relative_error(_final_hidden(model, batches), reference)
+                damage[(block.layer, block.part, level)] = relative_error(final_hidden(model, batches), reference)
                 by_key[(block.layer, block.part)].sparsity = 0.0
                 bar.update()
     chosen, achieved = _allocate(blocks, damage, levels, target_reduction)

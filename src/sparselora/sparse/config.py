@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Sparsity = float  # fraction of channels skipped, in [0, 1)
+Predictor = Literal["svd", "oracle", "random"]
 
 _SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the seeds' form)
 _PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
@@ -45,6 +47,13 @@ class SparseLoRAConfig(BaseModel):
     )
     max_outlier_fraction: float = Field(
         0.02, ge=0, lt=1, description="At most this share of channels is kept as outliers."
+    )
+    predictor: Predictor = Field(
+        "svd",
+        description=(
+            "What picks the channels: 'svd' (the training-free estimator, the method), 'oracle' (the exact"
+            " projections: an upper bound on selection quality that saves no time), 'random' (a baseline)."
+        ),
     )
     estimator_tokens: int = Field(
         256,

@@ -139,6 +139,7 @@ class SparseLoRAEngine:
             "sparse_from_step": self.sparse_from_step,
             "sparse_until_step": self.sparse_until_step,
             "svd_rank": self.config.svd_rank,
+            "predictor": self.config.predictor,
             "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
             "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
         }
@@ -213,6 +214,7 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
         gate_estimator=factor_for(factors, layer, "gate") if swiglu else None,
         sparsity=sparsity,
         estimator_tokens=config.estimator_tokens,
+        predictor=config.predictor,
         dense_tokens=(("labels" if spec.kind == "decoder" else "first") if config.dense_output_tokens else None),
     )
 
@@ -238,4 +240,5 @@ def _attention_block(modules, names, spec: ArchSpec, base_config, factors, layer
         estimators={role: factor_for(factors, layer, role) for role in ("q", "k", "v")},
         sparsity=sparsity,
         estimator_tokens=config.estimator_tokens,
+        predictor=config.predictor,
     )

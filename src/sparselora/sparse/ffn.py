@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from sparselora.sparse.config import Predictor
 from sparselora.sparse.svd import LowRank
 
 
@@ -52,6 +53,18 @@ def rows_forward(module: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torc
         lora = F.linear(F.linear(dropout(x).to(a.dtype), a), b.index_select(0, keep)) * scale
         out = (out + lora).to(out.dtype)  # as PEFT: fp32 adapters over a bf16 base add in fp32
     return out
+
+
+def predicted_projection(flat: torch.Tensor, module: nn.Module, factor: LowRank, predictor: Predictor) -> torch.Tensor:
+    """What channel scores are computed from: the SVD estimate of ``module(flat)`` (the method), the
+    exact output ('oracle', which costs the projection it means to skip) or noise ('random')."""
+    base = linear_parts(module)[0]
+    if predictor == "random":
+        return torch.rand(flat.shape[0], base.weight.shape[0], device=flat.device, dtype=flat.dtype)
+    if predictor == "oracle":
+        return F.linear(flat, base.weight, base.bias)
+    out = flat @ factor.a @ factor.b
+    return out if base.bias is None else out + base.bias
 
 
 def transposed(weight: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
@@ -88,6 +101,7 @@ class SparseFFN:
     gate_estimator: LowRank | None
     sparsity: float
     estimator_tokens: int = 256
+    predictor: Predictor = "svd"
     dense_tokens: Literal["labels", "first"] | None = None  # decoder output tokens / the token an encoder's head reads
     keep: torch.Tensor | None = None
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
@@ -115,16 +129,12 @@ class SparseFFN:
         flat = x.reshape(-1, x.shape[-1])
         stride = max(1, flat.shape[0] // self.estimator_tokens)
         flat = flat[::stride]
-        up_bias = linear_parts(self.up)[0].bias
         self.up_estimator = self.up_estimator.to(flat)
-        up = flat @ self.up_estimator.a @ self.up_estimator.b
-        if up_bias is not None:
-            up = up + up_bias
+        up = predicted_projection(flat, self.up, self.up_estimator, self.predictor)
         if self.gate_estimator is None:
             return self.activation(up)
         self.gate_estimator = self.gate_estimator.to(flat)
-        gate = flat @ self.gate_estimator.a @ self.gate_estimator.b
-        return self.activation(gate) * up
+        return self.activation(predicted_projection(flat, self.gate, self.gate_estimator, self.predictor)) * up
 
     @torch.no_grad()
     def select(self, x: torch.Tensor) -> torch.Tensor:

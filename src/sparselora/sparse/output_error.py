@@ -1,0 +1,63 @@
+"""How far a sparse network's output is from the dense one's: relative L2 error of the final hidden states.
+
+Head-independent (a freshly initialised classifier does not matter). ``calibrate`` scores one
+block at a time with it; :func:`predictor_errors` scores the whole configured network once per
+predictor, which tells whether a better channel predictor could help at all: when even the
+oracle's channels leave a large error, the model's activations are not contextually sparse at
+this sparsity, and no estimator will close the gap.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import torch
+from torch import nn
+
+from sparselora.sparse.config import Predictor
+from sparselora.sparse.engine import SparseLoRAEngine
+
+
+def final_hidden(model: nn.Module, batches: list[dict]) -> list[torch.Tensor]:
+    outputs = []
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        # no KV cache: sparse attention refuses to fill one, and nothing is generated here
+        outputs.append(model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1])
+    return outputs
+
+
+def relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    num = sum(float((o - r).float().pow(2).sum()) for o, r in zip(outputs, reference, strict=True))
+    den = sum(float(r.float().pow(2).sum()) for r in reference)
+    return (num / den) ** 0.5
+
+
+@torch.no_grad()
+def predictor_errors(model: nn.Module, engine: SparseLoRAEngine, batches: list[dict]) -> dict[Predictor, float]:
+    """Final-hidden-state error of the configured sparsity with each predictor picking the channels.
+
+    Runs in eval mode with sparse evaluation on; the engine's predictor and mode are restored after.
+    """
+    blocks = [*engine.ffn, *engine.attention]
+    saved = (model.training, engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step)
+    saved_predictors = [block.predictor for block in blocks]
+    model.eval()
+    try:
+        engine.enabled = False
+        reference = final_hidden(model, batches)
+        engine.enabled = True
+        engine.config.sparse_eval = True
+        engine.start_sparse_now()
+        errors = {}
+        for predictor in get_args(Predictor):
+            for block in blocks:
+                block.predictor = predictor
+            errors[predictor] = relative_error(final_hidden(model, batches), reference)
+        return errors
+    finally:
+        engine.enabled = True
+        model.train(saved[0])
+        engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step = saved[1:]
+        for block, predictor in zip(blocks, saved_predictors, strict=True):
+            block.predictor = predictor
