@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sparselora.sparse.engine import SparseLoRAEngine
 from sparselora.sparse.ffn import linear_parts
-from sparselora.sparse.output_error import final_hidden, relative_error
+from sparselora.sparse.output_error import final_hidden, relative_error, sparse_evaluation
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)
 
@@ -59,9 +59,18 @@ def calibrate(
     """``engine`` must have been built with nonzero ffn (and, to include attention, attn) sparsity."""
     if not 0 < target_reduction <= max(levels):
         raise ValueError(f"target FLOPs reduction must be in (0, {max(levels)}], got {target_reduction}")
-    model.eval()
-    engine.config.sparse_eval = True
-    engine.start_sparse_now()
+    with sparse_evaluation(model, engine):
+        damage, blocks = _damage(model, engine, batches, levels, progress)
+    chosen, achieved = _allocate(blocks, damage, levels, target_reduction)
+    return Calibration(
+        damage=damage, blocks=blocks, layer_sparsity=_complete_map(chosen, len(engine.ffn)), flops_reduction=achieved
+    )
+
+
+def _damage(
+    model: nn.Module, engine: SparseLoRAEngine, batches: list[dict], levels: tuple[float, ...], progress: bool
+) -> tuple[dict[tuple[int, str, float], float], list[Block]]:
+    """Final-hidden-state error with one block at a time sparsified at each level, the others dense."""
     _set_all(engine, 0.0)
     reference = final_hidden(model, batches)
     blocks = [Block(b.layer, "mlp", _macs([b.up, b.gate, b.down])) for b in engine.ffn]
@@ -75,10 +84,7 @@ def calibrate(
                 damage[(block.layer, block.part, level)] = relative_error(final_hidden(model, batches), reference)
                 by_key[(block.layer, block.part)].sparsity = 0.0
                 bar.update()
-    chosen, achieved = _allocate(blocks, damage, levels, target_reduction)
-    return Calibration(
-        damage=damage, blocks=blocks, layer_sparsity=_complete_map(chosen, len(engine.ffn)), flops_reduction=achieved
-    )
+    return damage, blocks
 
 
 def _complete_map(chosen: dict[tuple[int, str], float], num_layers: int) -> dict[str, float]:

@@ -9,6 +9,8 @@ this sparsity, and no estimator will close the gap.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import get_args
 
 import torch
@@ -33,31 +35,40 @@ def relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -
     return (num / den) ** 0.5
 
 
+@contextmanager
+def sparse_evaluation(model: nn.Module, engine: SparseLoRAEngine) -> Iterator[None]:
+    """Eval-mode forwards run sparse from the first one (no calibration, no warm-up); all restored after."""
+    saved = model.training, engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step
+    model.eval()
+    engine.config.sparse_eval = True
+    engine.start_sparse_now()
+    try:
+        yield
+    finally:
+        model.train(saved[0])
+        engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step = saved[1:]
+
+
 @torch.no_grad()
 def predictor_errors(model: nn.Module, engine: SparseLoRAEngine, batches: list[dict]) -> dict[Predictor, float]:
     """Final-hidden-state error of the configured sparsity with each predictor picking the channels.
 
-    Runs in eval mode with sparse evaluation on; the engine's predictor and mode are restored after.
+    The blocks' predictors are restored after.
     """
     blocks = [*engine.ffn, *engine.attention]
-    saved = (model.training, engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step)
     saved_predictors = [block.predictor for block in blocks]
-    model.eval()
-    try:
-        engine.enabled = False
-        reference = final_hidden(model, batches)
-        engine.enabled = True
-        engine.config.sparse_eval = True
-        engine.start_sparse_now()
-        errors = {}
-        for predictor in get_args(Predictor):
-            for block in blocks:
+    with sparse_evaluation(model, engine):
+        try:
+            engine.enabled = False
+            reference = final_hidden(model, batches)
+            engine.enabled = True
+            errors = {}
+            for predictor in get_args(Predictor):
+                for block in blocks:
+                    block.predictor = predictor
+                errors[predictor] = relative_error(final_hidden(model, batches), reference)
+            return errors
+        finally:
+            engine.enabled = True
+            for block, predictor in zip(blocks, saved_predictors, strict=True):
                 block.predictor = predictor
-            errors[predictor] = relative_error(final_hidden(model, batches), reference)
-        return errors
-    finally:
-        engine.enabled = True
-        model.train(saved[0])
-        engine.config.sparse_eval, engine.calibrating, engine.sparse_from_step = saved[1:]
-        for block, predictor in zip(blocks, saved_predictors, strict=True):
-            block.predictor = predictor
