@@ -488,6 +488,50 @@ def test_encoder_first_token_runs_dense_and_the_others_sparse(tmp_path):
     assert grads["sparse"][next(n for n in grads["sparse"] if n.endswith(up_lora))].abs().sum() > 0
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_mean_compensation_keeps_the_ffn_output_mean(family, tmp_path):
+    """Skipped channels add their mean: with the running mean set to this batch's, the sparse down
+    projection (LoRA'd here) averages over tokens to exactly the dense output; taking them as zero does not."""
+    model = _peft_model(family).eval()  # eval: no hook updates the running mean during the test
+    config = SparseLoRAConfig(ffn_sparsity=0.75, svd_rank=4, mean_compensation=True, svd_cache=str(tmp_path / "f.st"))
+    block = apply_sparselora(model, config, progress=False).ffn[0]
+    h = torch.randn(4, 12, block.width, generator=torch.Generator().manual_seed(0)).abs() + 0.5
+    with torch.no_grad():
+        dense = block.down(h)
+        block.keep, block.running_mean = torch.arange(0, block.width, 4), h.reshape(-1, block.width).mean(0)
+        compensated = block.down(h[..., block.keep])  # sparse: the up projection made only the kept channels
+        block.mean_compensation = False
+        zeroed = block.down(h[..., block.keep])
+    torch.testing.assert_close(compensated.mean((0, 1)), dense.mean((0, 1)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(zeroed.mean((0, 1)), dense.mean((0, 1)), atol=1e-2)
+
+
+def test_running_mean_is_tracked_on_dense_training_steps_only(tmp_path):
+    model = _peft_model("bert")
+    config = SparseLoRAConfig(
+        ffn_sparsity=0.5,
+        svd_rank=4,
+        mean_compensation=True,
+        sparse_warmup_ratio=0.2,
+        calibration_steps=1,
+        svd_cache=str(tmp_path / "f.st"),
+    )
+    engine = apply_sparselora(model, config, progress=False)
+    block = engine.ffn[0]
+    seen = []
+    block.down.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().reshape(-1, block.width)))
+    model.train()
+    means = []
+    for step in range(3):  # calibration (dense), warm-up (dense), sparse
+        engine.begin_step(step, max_steps=10)
+        model(**_batch(step))
+        means.append(block.running_mean.clone())
+    torch.testing.assert_close(means[0], seen[0].mean(0))  # first dense batch: its own mean
+    torch.testing.assert_close(means[1], 0.9 * seen[0].mean(0) + 0.1 * seen[1].mean(0))  # BatchNorm-style update
+    assert block.keep is not None and torch.equal(means[2], means[1])  # sparse step: mean left alone
+    assert engine.report()["mean_compensation"] is True
+
+
 def test_unsupported_architectures_are_refused_clearly(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, MPNetConfig, MPNetForMaskedLM
 

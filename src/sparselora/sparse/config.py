@@ -67,6 +67,13 @@ class SparseLoRAConfig(BaseModel):
             " is trained (!= -100); encoders: the first token, which the classification head reads."
         ),
     )
+    mean_compensation: bool = Field(
+        False,
+        description=(
+            "Skipped FFN channels contribute their running mean (tracked on dense training steps) instead of"
+            " zero, so sparse steps do not shift the FFN output (FLAP-style bias compensation)."
+        ),
+    )
     svd_cache: str | None = Field(
         None, description="SVD factor cache file; default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors."
     )

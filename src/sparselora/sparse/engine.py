@@ -140,6 +140,7 @@ class SparseLoRAEngine:
             "sparse_until_step": self.sparse_until_step,
             "svd_rank": self.config.svd_rank,
             "predictor": self.config.predictor,
+            "mean_compensation": self.config.mean_compensation,
             "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
             "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
         }
@@ -216,6 +217,7 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
         estimator_tokens=config.estimator_tokens,
         predictor=config.predictor,
         dense_tokens=(("labels" if spec.kind == "decoder" else "first") if config.dense_output_tokens else None),
+        mean_compensation=config.mean_compensation,
     )
 
 

@@ -8,6 +8,12 @@ rows of its weight, the down projection only the kept columns, so forward **and*
 (the input gradient through the frozen weights) shrink by the kept fraction. LoRA branches stay
 dense: their low-rank products are computed in full and sliced, never approximated.
 
+Optionally (``mean_compensation``), the skipped channels are not taken as zero but as their running
+mean, tracked like BatchNorm's on dense training steps: the down projection adds
+``W_down[:, skipped] · mean[skipped]``, one matrix-vector product per layer and batch. Dropping
+channels shifts the FFN output by their mean contribution, a bias the adapters would otherwise learn
+to undo and then carry into dense evaluation (FLAP's bias compensation, An et al. 2024).
+
 Wiring is per instance: each projection's ``forward`` attribute is replaced on that module
 object only (``del module.forward`` restores it). No library class is patched.
 """
@@ -87,6 +93,19 @@ def columns_forward(module: nn.Module, h: torch.Tensor, keep: torch.Tensor, weig
     return out
 
 
+def skipped_mean_output(module: nn.Module, means: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """What the skipped input channels add on average: ``W[:, skipped] · mean[skipped]`` plus LoRA's share.
+
+    No bias (``columns_forward`` adds it) and no dropout: this stands in for the mean, not a sample.
+    """
+    base, branches = linear_parts(module)
+    skipped = means.to(base.weight.dtype).index_fill(0, keep, 0.0)
+    out = F.linear(skipped, base.weight)
+    for a, b, scale, _dropout in branches:
+        out = out + F.linear(F.linear(skipped.to(a.dtype), a), b) * scale
+    return out
+
+
 @dataclass
 class SparseFFN:
     """One layer's FFN: its projections, estimator, schedule and the current batch's kept channels."""
@@ -106,6 +125,9 @@ class SparseFFN:
     keep: torch.Tensor | None = None
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     channel_sq_sums: torch.Tensor | None = None  # calibration statistics
+    mean_compensation: bool = False
+    running_mean: torch.Tensor | None = None  # of each channel's activation, over dense training steps
+    mean_momentum: float = 0.1  # as BatchNorm's
     _handles: list = field(default_factory=list)
     _down_weight_t: torch.Tensor | None = None
     _first_token_h: torch.Tensor | None = None  # encoders: the first token's dense activation, joined at down
@@ -150,6 +172,14 @@ class SparseFFN:
         self.channel_sq_sums = sums if self.channel_sq_sums is None else self.channel_sq_sums + sums
 
     @torch.no_grad()
+    def track_mean(self, h: torch.Tensor) -> None:
+        batch_mean = h.detach().reshape(-1, h.shape[-1]).float().mean(0)
+        if self.running_mean is None or self.running_mean.device != batch_mean.device:
+            self.running_mean = batch_mean
+        else:
+            self.running_mean.lerp_(batch_mean, self.mean_momentum)
+
+    @torch.no_grad()
     def fix_outliers(self, factor: float, max_fraction: float) -> None:
         """Channels whose contribution ‖h_c‖·‖W_down[:, c]‖ dwarfs the median's are always kept."""
         if self.channel_sq_sums is None:
@@ -169,13 +199,18 @@ class SparseFFN:
             x = args[0] if args else next(iter(kwargs.values()))
             self.keep = self.select(x) if engine.sparse_now(self.sparsity, self.block.training) else None
 
-        def calibrate(_module, args):
-            if engine.calibrating and self.block.training:
+        def observe_dense(_module, args):
+            """Statistics of dense training forwards: outlier calibration, running means."""
+            if not self.block.training:
+                return
+            if engine.calibrating:
                 self.record(args[0])
+            if self.mean_compensation and self.sparsity > 0 and not engine.sparse_now(self.sparsity, training=True):
+                self.track_mean(args[0])
 
         self._handles = [
             self.block.register_forward_pre_hook(choose, with_kwargs=True),
-            self.down.register_forward_pre_hook(calibrate),
+            self.down.register_forward_pre_hook(observe_dense),
         ]
         for projection in (self.up, self.gate):
             if projection is not None:
@@ -254,6 +289,8 @@ class SparseFFN:
                 return dense(h, *args, **kwargs)
             self._down_weight_t = transposed(linear_parts(module)[0].weight, self._down_weight_t)
             out = columns_forward(module, h, self.keep, self._down_weight_t)
+            if self.mean_compensation and self.running_mean is not None:
+                out = out + skipped_mean_output(module, self.running_mean, self.keep).to(out.dtype)
             first, self._first_token_h = self._first_token_h, None
             return out if first is None else torch.cat([dense(first), out[:, 1:]], dim=1)
 
