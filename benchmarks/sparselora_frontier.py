@@ -94,21 +94,23 @@ def frontier_point(
 def plot_frontier(points: list[dict], reference: str, target_speedup: float, target_delta: float, stem: Path):
     """Δ accuracy (paired, 95% CI) against speedup per sparse step, with the targets as a box."""
     figure, axis = plt.subplots(figsize=(6, 4.2))
+    right = max(target_speedup, *(p["sparse_step_speedup"] for p in points)) + 0.05
     for point in points:
         ci = point["delta_ci95_pt"]
         error = None if ci is None else [[point["delta_pt"] - ci[0]], [ci[1] - point["delta_pt"]]]
         axis.errorbar(point["sparse_step_speedup"], point["delta_pt"], yerr=error, fmt="o", capsize=3)
+        on_the_right = point["sparse_step_speedup"] > (1 + right) / 2  # label inward, so it stays inside the axes
         axis.annotate(
             f"{point['label']} ({len(point['seeds'])} seeds)",
             (point["sparse_step_speedup"], point["delta_pt"]),
             textcoords="offset points",
-            xytext=(5, 4),
+            xytext=(-5, 4) if on_the_right else (5, 4),
+            ha="right" if on_the_right else "left",
             fontsize=8,
         )
     axis.plot([1.0], [0.0], "s", color="black")
     axis.annotate(reference, (1.0, 0.0), textcoords="offset points", xytext=(5, 4), fontsize=8)
     axis.axhline(0, color="grey", linewidth=0.8)
-    right = max(target_speedup, *(p["sparse_step_speedup"] for p in points)) + 0.05
     top = max([1.0] + [p["delta_ci95_pt"][1] for p in points if p["delta_ci95_pt"]])
     axis.fill_between(
         [target_speedup, right], -target_delta, top + 0.5, color="tab:green", alpha=0.12,
