@@ -24,14 +24,13 @@ import matplotlib.pyplot as plt
 
 from sparselora.report.plots import save_figure
 from sparselora.report.results import collect, paired_test
-from sparselora.runs import METRICS_FILE
+from sparselora.runs import read_run
 
 
-def sparse_step_share(results_dir: Path, task: str, label: str) -> float:
+def sparse_step_share(label: str, seed_metrics: list[dict]) -> float:
     """Fraction of a cell's training steps that ran sparse (the same for every seed of a cell)."""
     shares = set()
-    for metrics_path in sorted((results_dir / "runs").glob(f"{task}__{label}__s*/{METRICS_FILE}")):
-        metrics = json.loads(metrics_path.read_text())
+    for metrics in seed_metrics:
         method, steps = metrics["method"], metrics["train"]["steps"]
         until = method["sparse_until_step"] if method.get("sparse_until_step") is not None else steps
         shares.add(round((min(until, steps) - method["sparse_from_step"]) / steps, 6))
@@ -66,18 +65,19 @@ def frontier_point(
     cell = frame[(frame["task"] == task) & (frame["label"] == label) & (frame["status"] == "finished")]
     if cell.empty:
         raise SystemExit(f"--point {label}: no finished '{task}__{label}__s*' run under {results_dir / 'runs'}")
-    first_run = results_dir / "runs" / f"{task}__{label}__s{int(cell['seed'].min())}" / METRICS_FILE
+    seeds = sorted(int(seed) for seed in cell["seed"])
+    seed_metrics = [read_run(results_dir / "runs" / f"{task}__{label}__s{seed}")[1] for seed in seeds]
     for benchmark, path in zip(benchmarks, benchmark_paths, strict=True):
-        check_same_sparsity(label, json.loads(first_run.read_text())["method"], benchmark, path)
+        check_same_sparsity(label, seed_metrics[0]["method"], benchmark, path)
     test = paired_test(frame[frame["task"] == task], label, reference, "accuracy")
     if test is None:
         raise SystemExit(f"--point {label}: no seed of it has a finished '{reference}' run to pair with")
-    share = sparse_step_share(results_dir, task, label)
+    share = sparse_step_share(label, seed_metrics)
     speedups = [benchmark["speedup"] for benchmark in benchmarks]
     speedup = statistics.median(speedups)
     return {
         "label": label,
-        "seeds": sorted(int(s) for s in cell["seed"]),
+        "seeds": seeds,
         "accuracy": float(cell["accuracy"].mean()),
         "delta_pt": 100 * test.mean_difference,
         "delta_ci95_pt": None if test.p_value is None else [100 * bound for bound in test.ci95],  # < 3 seeds: none

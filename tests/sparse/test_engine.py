@@ -49,10 +49,14 @@ TARGETS = {
 }
 
 
+def _fresh_config(family: str, wide: bool = False):
+    """A copy of a shared config: moving a model to another dtype writes that dtype into its config."""
+    return copy.deepcopy((WIDE if wide else CONFIGS)[family])
+
+
 def _peft_model(family: str, seed: int = 0, targets: list[str] | None = None, wide: bool = False, trained: bool = True):
     torch.manual_seed(seed)
-    # a copy: moving a model to another dtype writes it into its config, which must not reach later tests
-    model = AutoModelForSequenceClassification.from_config(copy.deepcopy((WIDE if wide else CONFIGS)[family]))
+    model = AutoModelForSequenceClassification.from_config(_fresh_config(family, wide))
     lora = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets or TARGETS[family], task_type="SEQ_CLS"
     )
@@ -234,7 +238,7 @@ def test_model_moved_after_attach_runs_sparse_on_its_new_dtype(family, tmp_path)
 def test_bf16_base_with_fp32_adapters_matches_peft(tmp_path):
     """PEFT keeps adapters in fp32 over a bf16 base; the sparse path must add them as PEFT does."""
     torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_config(copy.deepcopy(CONFIGS["llama"]), dtype=torch.bfloat16)
+    base = AutoModelForSequenceClassification.from_config(_fresh_config("llama"), dtype=torch.bfloat16)
     dense = get_peft_model(base, LoraConfig(r=4, target_modules=TARGETS["llama"], task_type="SEQ_CLS"))
     assert dense.base_model.model.model.layers[0].mlp.up_proj.lora_A["default"].weight.dtype == torch.float32
     sparse = copy.deepcopy(dense)
@@ -254,7 +258,7 @@ def test_trainer_moves_the_model_to_cuda_and_it_trains_sparse(tmp_path):
 
     torch.manual_seed(0)
     model = get_peft_model(
-        AutoModelForCausalLM.from_config(copy.deepcopy(CONFIGS["llama"])),
+        AutoModelForCausalLM.from_config(_fresh_config("llama")),
         LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
     )
     config = SparseLoRAConfig(
@@ -448,7 +452,7 @@ def test_decoder_output_tokens_run_dense_and_context_tokens_sparse(tmp_path):
 
     torch.manual_seed(0)
     dense = get_peft_model(
-        AutoModelForCausalLM.from_config(copy.deepcopy(CONFIGS["llama"])), LoraConfig(r=4, target_modules=["q_proj"])
+        AutoModelForCausalLM.from_config(_fresh_config("llama")), LoraConfig(r=4, target_modules=["q_proj"])
     )
     sparse = copy.deepcopy(dense)
     config = SparseLoRAConfig(ffn_sparsity=0.75, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
