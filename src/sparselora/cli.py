@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import warnings
@@ -14,6 +15,7 @@ from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
 from sparselora.atomic import atomic_write_json, atomic_write_text
+from sparselora.paths import check_output_file, check_writable_folder
 
 app = typer.Typer(
     help="Sparse fine-tuning of transformers, measured honestly.",
@@ -35,13 +37,25 @@ DataDirOption = Annotated[
 ]
 
 
+BAD_INPUT_EXIT_CODE = 2
+UNEXPECTED_EXIT_CODE = 1
+# What the user can fix: a config, a path, a data file, a run folder, a missing optional package, a disk.
+# sparselora's own errors derive from these (ConfigError is a ValueError, RunFolderError a FileExistsError, ...).
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from sparselora.compare.runner import StaleCellError
+    from sparselora.train import TrainingDivergedError
+
+    return (*BAD_INPUT_ERRORS, TrainingDivergedError, StaleCellError)
+
+
 def _error_paragraph(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename and type(err).__module__ == "builtins":
+        hint = " Free some disk space, or point `output_dir` at another disk." if err.errno == errno.ENOSPC else ""
+        return f"{type(err).__name__}: {err.strerror}: '{err.filename}'.{hint}"
     return f"{type(err).__name__}: {err}"
-
-
-def _fail(err: Exception, code: int = 2) -> None:
-    error_console.print(f"[bold red]error:[/] {_error_paragraph(err)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=code)
 
 
 @app.callback()
@@ -92,20 +106,12 @@ def train(
 ) -> None:
     """Train one (model, task, method) run and write runs/<name>/; rerun it to resume after a crash."""
     from sparselora.config import load_config
-    from sparselora.locks import BUSY_EXIT_CODE, LockBusyError
-    from sparselora.train import TrainingDivergedError
     from sparselora.train import train as run_training
 
     overrides = list(set_ or [])
     overrides += [f"data_dir={data_dir}"] if data_dir else []
     overrides += [f"output_dir={output_dir}"] if output_dir else []
-    try:
-        run_config = load_config(config, overrides)
-        run_dir = run_training(run_config, overwrite=overwrite, resume=resume)
-    except LockBusyError as err:
-        _fail(err, code=BUSY_EXIT_CODE)
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as err:
-        _fail(err)
+    run_dir = run_training(load_config(config, overrides), overwrite=overwrite, resume=resume)
     if run_dir is not None:
         print_run_summary(run_dir)
 
@@ -114,7 +120,9 @@ def train(
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `sparselora train`.")],
     data_dir: DataDirOption = None,
-    tolerance: Annotated[float, typer.Option(help="Exit with code 1 if a metric differs by more than this.")] = 1e-4,
+    tolerance: Annotated[
+        float, typer.Option(min=0, help="Exit with code 1 if a metric differs by more than this.")
+    ] = 1e-4,
     sparse: Annotated[
         bool,
         typer.Option(help="SparseLoRA runs: evaluate with the training sparsity (recorded metrics are dense)."),
@@ -123,10 +131,7 @@ def eval_(
     """Reload a run's adapter onto its base model and reproduce its validation metrics."""
     from sparselora.run_eval import evaluate_run
 
-    try:
-        recorded, measured = evaluate_run(run_dir, {"data_dir": str(data_dir)} if data_dir else None, sparse=sparse)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
+    recorded, measured = evaluate_run(run_dir, {"data_dir": str(data_dir)} if data_dir else None, sparse=sparse)
     table = Table(title=f"re-evaluation of {run_dir}")
     for column in ("metric", "recorded", "now", "difference"):
         table.add_column(column, justify="right" if column != "metric" else "left")
@@ -153,7 +158,7 @@ app.add_typer(svd_app, name="svd")
 @svd_app.command("build")
 def svd_build(
     model: Annotated[str, typer.Argument(help="Alias (minilm, smollm2), local folder or Hub id.")],
-    rank: Annotated[int, typer.Option(help="Estimator rank r.")] = 8,
+    rank: Annotated[int, typer.Option(min=1, help="Estimator rank r.")] = 8,
     out: Annotated[
         Path | None, typer.Option(help="Cache file (default ~/.cache/sparselora/svd/<model>-r<rank>.safetensors).")
     ] = None,
@@ -162,16 +167,13 @@ def svd_build(
     """Compute the rank-r SVD factors of every FFN up/gate and attention q/k/v projection once, and cache them."""
     from sparselora.models import get_arch, load_config, resolve_model
     from sparselora.models.loading import HEAD_CLASSES
-    from sparselora.sparse.svd import SVDCacheError, default_cache_path, get_factors
+    from sparselora.sparse.svd import default_cache_path, get_factors
 
-    try:
-        source = resolve_model(model)
-        spec = get_arch(load_config(source).model_type)
-        weights = HEAD_CLASSES["causal_lm" if spec.kind == "decoder" else "masked_lm"].from_pretrained(source.path)
-        path = out or default_cache_path(model, rank)
-        factors, stats = get_factors(weights, spec, rank, path, force=force)
-    except (ValueError, SVDCacheError, OSError) as err:
-        _fail(err)
+    source = resolve_model(model)
+    spec = get_arch(load_config(source).model_type)
+    weights = HEAD_CLASSES["causal_lm" if spec.kind == "decoder" else "masked_lm"].from_pretrained(source.path)
+    path = out or default_cache_path(model, rank)
+    factors, stats = get_factors(weights, spec, rank, path, force=force)
     verb = "loaded from cache" if stats["cached"] else f"built in {stats['seconds']:.1f} s"
     console.print(f"{len(factors)} factor pairs, rank {rank}, {verb}: {path} ({stats['megabytes']:.2f} MB)")
 
@@ -185,17 +187,14 @@ def _sparse_session(config: Path, overrides: list[str] | None, batches: int):
     from sparselora.analysis import open_session
     from sparselora.config import load_config
 
-    try:
-        return open_session(load_config(config, [*(overrides or []), "progress=false"]), batches)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    return open_session(load_config(config, [*(overrides or []), "progress=false"]), batches)
 
 
 @sparse_app.command("recall")
 def sparse_recall(
     config: Annotated[Path, typer.Argument(help="A sparselora run config (model, task, sparsity).")],
     set_: SetOption = None,
-    batches: Annotated[int, typer.Option(help="Real training batches to measure on.")] = 4,
+    batches: Annotated[int, typer.Option(min=1, help="Real training batches to measure on.")] = 4,
 ) -> None:
     """Per layer: share of the oracle top-k channels the predictor picks (random = kept/width); then how far
     the sparse network's output is from the dense one with the SVD, oracle and random channels."""
@@ -229,9 +228,14 @@ def calibrate(
     config: Annotated[
         Path, typer.Argument(help="A sparselora run config; set attn_sparsity > 0 to include attention.")
     ],
-    target: Annotated[float, typer.Option(help="Share of the sparsifiable projections' FLOPs to remove.")] = 0.4,
+    target: Annotated[
+        float,
+        typer.Option(
+            min=0, max=1, min_open=True, max_open=True, help="Share of the sparsifiable projections' FLOPs to remove."
+        ),
+    ] = 0.4,
     set_: SetOption = None,
-    batches: Annotated[int, typer.Option(help="Calibration batches from the training split.")] = 4,
+    batches: Annotated[int, typer.Option(min=1, help="Calibration batches from the training split.")] = 4,
     out: Annotated[Path | None, typer.Option(help="Write the layer_sparsity map (YAML) here.")] = None,
 ) -> None:
     """Measure per-layer sensitivity and write the layer_sparsity map that meets a FLOPs target."""
@@ -239,11 +243,10 @@ def calibrate(
 
     from sparselora.sparse.calibrate import calibrate as run_calibration
 
+    if out is not None:
+        check_output_file(out, "--out")
     session = _sparse_session(config, set_, batches)
-    try:
-        result = run_calibration(session.model, session.engine, session.batches, target)
-    except ValueError as err:
-        _fail(err)
+    result = run_calibration(session.model, session.engine, session.batches, target)
     table = Table(title=f"sensitivity: relative error of the final hidden states ({batches} batches)")
     levels = sorted({level for _, _, level in result.damage})
     for column in ("block", *[f"s={lvl:g}" for lvl in levels], "chosen"):
@@ -277,23 +280,19 @@ def compare(
 ) -> None:
     """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots, validation.md."""
     from sparselora.compare import load_compare_config, run_comparison
-    from sparselora.compare.plan import parse_only
-    from sparselora.compare.runner import StaleCellError
+    from sparselora.compare.plan import parse_only, parse_seeds
     from sparselora.config import parse_overrides
     from sparselora.report.comparison import build_report
 
-    try:
-        comparison = load_compare_config(config)
-        comparison.shared.update(parse_overrides(overrides or []))
-        if data_dir is not None:
-            comparison.shared.setdefault("data_dir", str(data_dir))
-        if output_dir is not None:
-            comparison.output_dir = output_dir
-        if seeds:
-            comparison.seeds = [int(seed) for seed in seeds.split(",")]
-        status = run_comparison(comparison, parse_only(only))
-    except (ValueError, StaleCellError) as err:
-        _fail(err)
+    comparison = load_compare_config(config)
+    comparison.shared.update(parse_overrides(overrides or []))
+    if data_dir is not None:
+        comparison.shared.setdefault("data_dir", str(data_dir))
+    if output_dir is not None:
+        comparison.output_dir = output_dir
+    if seeds:
+        comparison.seeds = parse_seeds(seeds)
+    status = run_comparison(comparison, parse_only(only))
     console.print(
         f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, "
         f"{len(status.claimed)} being trained by another process, {len(status.failed)} failed"
@@ -314,12 +313,9 @@ def report(
     results_dir: Annotated[Path, typer.Argument(help="A comparison's results folder (holds compare.yaml).")],
 ) -> None:
     """Rebuild tables, plots and validation.md from finished runs, without training."""
-    from sparselora.report.comparison import NotAResultsFolderError, build_report
+    from sparselora.report.comparison import build_report
 
-    try:
-        written = build_report(results_dir, command=f"sparselora report {results_dir}")
-    except NotAResultsFolderError as err:
-        _fail(err)
+    written = build_report(results_dir, command=f"sparselora report {results_dir}")
     for path in written:
         console.print(str(path))
 
@@ -328,19 +324,20 @@ def report(
 def flops(
     config: Annotated[Path | None, typer.Argument(help="A run config (model, method, sparsity keys).")] = None,
     overrides: SetOption = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (attention scores grow with it).")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch (the estimator's cost is per batch).")] = 32,
+    seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence (attention scores grow with it).")] = 128,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Sequences per batch (the estimator's cost is per batch).")
+    ] = 32,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the per-layer numbers here.")] = None,
 ) -> None:
     """Per-token FLOPs of the forward pass and the training step, per layer, dense vs sparse (1 MAC = 2 FLOPs)."""
-    from sparselora.config import ConfigError, load_config
+    from sparselora.config import load_config
     from sparselora.flops import config_flops
 
-    try:
-        run = load_config(config, overrides)
-        sparse, dense = config_flops(run.to_flat_dict(), seq_len, batch_size)
-    except (ConfigError, ValueError) as err:
-        _fail(err)
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    run = load_config(config, overrides)
+    sparse, dense = config_flops(run.to_flat_dict(), seq_len, batch_size)
     components = dense.components() + [c for c in sparse.components() if c not in dense.components()]
     title = f"{run.model} / {run.method}: training-step MFLOPs per token, sparse (seq {seq_len}, batch {batch_size})"
     table = Table(title=title)
@@ -404,7 +401,7 @@ def study_svd_vs_random(
 
     phases = {"a", "b", "c"} if phase == "all" else {phase.lower()}
     if not phases <= {"a", "b", "c"}:
-        _fail(ValueError(f"--phase must be a, b, c or all, got '{phase}'"))
+        raise typer.BadParameter(f"must be a, b, c or all, got '{phase}'", param_hint="--phase")
     if data_dir is not None:
         os.environ["SPARSELORA_DATA_DIR"] = str(data_dir)
     synthetic = SyntheticPlan.quick() if quick else SyntheticPlan()
@@ -414,7 +411,7 @@ def study_svd_vs_random(
         **({"analysis_batches": 1, "random_draws": 10} if quick else {}),
     )
     finetune = FinetunePlan.quick(finetune_model) if quick else FinetunePlan(model=finetune_model)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out, "--out")
     plan = {"quick": quick}
     plan_path = out / "plan.json"
     if plan_path.is_file():
@@ -437,10 +434,7 @@ def study_report(study_dir: Annotated[Path, typer.Argument(help="A study folder.
     """Rebuild report.md from the phases' CSV files."""
     from sparselora.study.report import write_report
 
-    try:
-        console.print(str(write_report(study_dir)))
-    except FileNotFoundError as err:
-        _fail(err)
+    console.print(str(write_report(study_dir)))
 
 
 @app.command()
@@ -456,27 +450,24 @@ def lens(
     """LayerLens on its own: score every layer on calibration batches, show the ranks a budget buys."""
     from transformers import set_seed
 
-    from sparselora.config import ConfigError, build_config, parse_overrides
+    from sparselora.config import build_config, parse_overrides
     from sparselora.methods import BuildContext
-    from sparselora.methods.layerlens import BudgetTooSmallError, allocate_ranks, score_layers, write_lens_outputs
+    from sparselora.methods.layerlens import allocate_ranks, score_layers, write_lens_outputs
     from sparselora.pipeline import load_inputs
 
-    try:
-        raw = {"model": model, "task": task, "method": "layerlens", **parse_overrides(overrides or [])}
-        if data_dir is not None:
-            raw["data_dir"] = str(data_dir)
-        config = build_config(raw)
-        set_seed(config.seed)
-        inputs = load_inputs(config)
-        base, new_modules = inputs.load_base_model()
-        options = config.method_options
-        context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
-        batches = inputs.first_batches(options.lens_batches)
-        scores = score_layers(base, batches, inputs.arch, options, context)
-        budget = int(options.trainable_budget * sum(p.numel() for p in base.parameters()))
-        ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)
-    except (ConfigError, BudgetTooSmallError, ValueError) as err:
-        _fail(err)
+    raw = {"model": model, "task": task, "method": "layerlens", **parse_overrides(overrides or [])}
+    if data_dir is not None:
+        raw["data_dir"] = str(data_dir)
+    config = build_config(raw)
+    set_seed(config.seed)
+    inputs = load_inputs(config)
+    base, new_modules = inputs.load_base_model()
+    options = config.method_options
+    context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
+    batches = inputs.first_batches(options.lens_batches)
+    scores = score_layers(base, batches, inputs.arch, options, context)
+    budget = int(options.trainable_budget * sum(p.numel() for p in base.parameters()))
+    ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)
     table = Table(title=f"LayerLens: {model} / {task} (budget {budget:,} adapter params)")
     for column in ("layer", "score", "share", "params per rank", "rank"):
         table.add_column(column, justify="right")
@@ -496,6 +487,8 @@ def runs_(
     """Every run under a folder and its state: finished, running, interrupted (resumable) or failed."""
     from sparselora.run_states import list_runs
 
+    if not folder.is_dir():
+        raise FileNotFoundError(f"runs folder '{folder.resolve()}' does not exist; pass the output_dir of your runs")
     table = Table(title=f"runs in {folder}")
     for column in ("run", "state", "last checkpoint", "folder", "error"):
         table.add_column(column)
@@ -539,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns at import that an optional CPU kernel package is missing; it falls back by itself.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Fresh heads are reported in the run's model card; transformers' per-load report is noise here.
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -547,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ["--debug"] * debug + [arg for arg in args if arg != "--debug"]  # accepted anywhere on the line
     try:
         code = app(args=args, prog_name="sparselora", standalone_mode=False)
-    except click.ClickException as err:  # usage errors: unknown option, missing argument
+    except click.ClickException as err:  # usage errors: unknown option, missing argument, value out of range
         err.show()
         return err.exit_code
     except (click.Abort, KeyboardInterrupt):
@@ -556,13 +551,26 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        error_console.print(
-            f"[bold red]error:[/] {_error_paragraph(err)}\n(run with --debug for the Python traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 1
+        return _report_error(err)
     return code if isinstance(code, int) else 0
+
+
+def _report_error(err: Exception) -> int:
+    """One paragraph and the documented exit code: 2 bad input, 3 run busy, 1 anything unexpected."""
+    from sparselora.locks import BUSY_EXIT_CODE, LockBusyError
+
+    if isinstance(err, LockBusyError):
+        code = BUSY_EXIT_CODE
+    elif isinstance(err, _bad_input_errors()):
+        code = BAD_INPUT_EXIT_CODE
+    else:
+        code = UNEXPECTED_EXIT_CODE
+    error_console.print(
+        f"[bold red]error:[/] {_error_paragraph(err)}\n(run with --debug for the Python traceback)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return code
 
 
 if __name__ == "__main__":

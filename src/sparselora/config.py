@@ -13,10 +13,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sparselora.methods.registry import MethodOptions, get_method, method_names
+from sparselora.paths import check_folder_name
+from sparselora.yaml_input import YamlInputError, load_yaml
 
 
 class ConfigError(ValueError):
@@ -31,7 +32,7 @@ NON_RESULT_KEYS = frozenset({"output_dir", "data_dir", "progress", "save_steps"}
 class RunConfig(BaseModel):
     """Everything one training run needs. Method-specific keys live in ``method_options``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str | None = Field(
         None, description="Run folder name under output_dir; default <task>_<model>_<method>_s<seed>."
@@ -61,6 +62,11 @@ class RunConfig(BaseModel):
         None, description="csv/tsv/jsonl task: optional second text column (sentence pairs)."
     )
     label_column: str = Field("label", description="csv/tsv/jsonl task: column with the label.")
+    label_names: list[str] | None = Field(
+        None,
+        description="csv/tsv/jsonl task: class names in class-id order; default: the training file's labels, "
+        "numbers in numeric order, other labels sorted. Recorded in every run (metrics.json, the model's id2label).",
+    )
 
     # optimisation
     epochs: float = Field(1.0, gt=0, description="Training epochs (fractions allowed).")
@@ -94,10 +100,19 @@ class RunConfig(BaseModel):
         get_method(value)
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_folder_name(value, "name")
+
     @property
     def run_name(self) -> str:
-        model_tag = Path(self.model).name if Path(self.model).is_dir() else self.model.replace("/", "-")
-        return self.name or f"{self.task}_{model_tag}_{self.method}_s{self.seed}"
+        """``name``, or <task>[_<train file stem>]_<model>_<method>_s<seed> (file tasks: two files never collide)."""
+        if self.name:
+            return self.name
+        model_tag = Path(self.model).resolve().name if Path(self.model).is_dir() else self.model.replace("/", "-")
+        task_tag = f"{self.task}_{Path(self.train_file).stem}" if self.train_file else self.task
+        return _folder_safe(f"{task_tag}_{model_tag}_{self.method}_s{self.seed}")
 
     def option(self, key: str) -> Any:
         return getattr(self.method_options, key)
@@ -107,6 +122,12 @@ class RunConfig(BaseModel):
         flat = self.model_dump(mode="json")
         flat.update(self.method_options.model_dump(mode="json"))
         return flat
+
+
+def _folder_safe(text: str) -> str:
+    """A default run name built from paths and ids, made a single folder name."""
+    cleaned = "".join(ch if ch.isprintable() and ch not in "/\\" else "-" for ch in text)
+    return cleaned.lstrip(".") or "run"
 
 
 def _closest(key: str, allowed: list[str]) -> str:
@@ -158,7 +179,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got '{pair}'")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            overrides[key.strip()] = load_yaml(value, f"--set {key.strip()}") if value.strip() else None
+        except YamlInputError as err:
+            hint = "a value with quotes, brackets or ':' must be YAML, e.g. --set \"name='my run'\""
+            raise ConfigError(f"{err}\n({hint})") from None
     return overrides
 
 
@@ -172,9 +197,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file not found: '{path.resolve()}'")
         source = f"in '{path}' "
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"'{path}' is not valid YAML: {err}") from None
+            loaded = load_yaml(path.read_text(encoding="utf-8"), f"'{path}'")
+        except (YamlInputError, UnicodeDecodeError) as err:
+            raise ConfigError(str(err) if isinstance(err, YamlInputError) else f"'{path}' is not UTF-8 text") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"'{path}' must hold a mapping of config keys, got {type(loaded).__name__}")
         if loaded is None:

@@ -50,7 +50,12 @@ class RunInputs:
         """The base model as the run's method wants it loaded (QLoRA: 4-bit)."""
         method = get_method(self.config.method)
         extra = method.load_kwargs(self.config.method_options) if method.load_kwargs else {}
-        return load_model(self.source, self.head, self.tokenizer, self.num_labels, **extra)
+        model, new_modules = load_model(
+            self.source, self.head, self.tokenizer, self.num_labels, self.label_names, **extra
+        )
+        if method.prepare_base:
+            method.prepare_base(model)
+        return model, new_modules
 
     def train_loader(self) -> DataLoader:
         """Shuffled, dynamically padded training batches, seeded by the run's seed (outside Trainer)."""

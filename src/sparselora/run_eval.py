@@ -23,6 +23,9 @@ def evaluate_run(
     ``sparse``: evaluate a SparseLoRA run with its training-time sparsity instead of dense.
     """
     raw_config, recorded = read_run(run_dir)
+    label_names = recorded.get("run", {}).get("label_names")
+    if raw_config.get("label_names") is None and label_names:  # the class mapping without the training file
+        raw_config = {**raw_config, "label_names": label_names}
     config = build_config({**raw_config, **(overrides or {})}, source=f"in '{run_dir}/config.yaml' ")
     if sparse and config.method != "sparselora":
         raise ValueError(f"--sparse evaluates SparseLoRA runs; '{run_dir}' was trained with method '{config.method}'")

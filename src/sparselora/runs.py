@@ -49,9 +49,27 @@ def lock_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.lock")
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder sparselora wrote as a run: its status file says so (or, from before status files, metrics.json)."""
+    status = Path(folder) / STATUS_FILE
+    if status.is_file():
+        try:
+            return json.loads(status.read_text()).get("state") in ("finished", "running", "failed")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return False
+    return (Path(folder) / METRICS_FILE).is_file() and (Path(folder) / CONFIG_FILE).is_file()
+
+
 def check_run_folder(final: Path, overwrite: bool) -> None:
-    """Refuse to plan over a finished run unless ``overwrite``."""
-    if (final / METRICS_FILE).is_file() and not overwrite:
+    """Refuse to plan over a finished run unless ``overwrite``, and over anything that is not a run, ever."""
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_symlink() or not final.is_dir() or not is_run_folder(final):
+        raise RunFolderError(
+            f"'{final}' exists and is not a sparselora run folder; it is never replaced. "
+            "Choose another `name` or `output_dir`, or move it away."
+        )
+    if not overwrite:
         raise RunFolderError(
             f"run folder '{final}' already holds a finished run. Pass --overwrite to replace it "
             "(it is replaced only once the new run succeeds) or choose another `name`."
@@ -59,14 +77,18 @@ def check_run_folder(final: Path, overwrite: bool) -> None:
 
 
 def publish(partial: Path, final: Path) -> None:
-    """Swap the finished partial folder into place (renames only: a crash leaves one or the other)."""
+    """Swap the finished partial folder into place (renames only: a crash leaves one or the other).
+
+    Only an earlier run folder of the same name is replaced (checked again here, not only at the start).
+    """
+    check_run_folder(final, overwrite=True)
     previous = final.with_name(f".{final.name}.previous")
-    if previous.exists():
+    if previous.exists() and is_run_folder(previous):
         shutil.rmtree(previous)
     if final.exists():
         final.rename(previous)
     partial.rename(final)
-    if previous.exists():
+    if previous.exists() and is_run_folder(previous):
         shutil.rmtree(previous)
 
 
@@ -81,14 +103,32 @@ def write_status(folder: Path, state: RunState, **details: Any) -> None:
     atomic_write_json(folder / STATUS_FILE, payload)
 
 
+def mark_failed(folder: Path, **details: Any) -> None:
+    """status.json says "failed", even on a full disk: where the atomic write has no room, the old file is
+    overwritten in place (its blocks are freed first) and, failing that, removed (then it reads "interrupted")."""
+    try:
+        write_status(folder, "failed", **details)
+        return
+    except OSError:
+        pass
+    path = folder / STATUS_FILE
+    try:
+        path.write_text(json.dumps({"state": "failed", **details}))
+    except OSError:
+        path.unlink(missing_ok=True)
+
+
 def read_status(folder: Path) -> dict[str, Any] | None:
     """The folder's status; a finished run written before status files existed counts as finished."""
     path = Path(folder) / STATUS_FILE
     if path.is_file():
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {"state": "failed", "error": f"unreadable {STATUS_FILE}"}
+            status = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            status = None
+        if isinstance(status, dict) and status.get("state") in ("finished", "running", "failed"):
+            return status
+        return {"state": "unreadable", "error": f"'{path}' is not a status file sparselora wrote"}
     if (Path(folder) / METRICS_FILE).is_file():
         return {"state": "finished"}
     return None
@@ -100,6 +140,11 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder '{run_dir.resolve()}' does not exist; pass one `sparselora train` wrote.")
     status = read_status(run_dir) or {}
+    if status.get("state") == "unreadable":
+        raise RunFolderError(
+            f"{status['error']}: the folder was changed after training. If its run had finished (metrics.json "
+            f"present), delete {STATUS_FILE} to read it again; otherwise train it again with --overwrite."
+        )
     if status.get("state") not in (None, "finished"):
         reason = f": {status['error']}" if status.get("error") else ""
         raise RunFolderError(
@@ -119,7 +164,24 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RunFolderError(f"'{run_dir.resolve()}' holds a corrupt {CONFIG_FILE} or {METRICS_FILE}: {err}") from None
     if not isinstance(config, dict) or not isinstance(metrics, dict):
         raise RunFolderError(f"'{run_dir.resolve()}': {CONFIG_FILE} and {METRICS_FILE} must hold mappings")
+    check_metrics(metrics, run_dir / METRICS_FILE)
     return config, metrics
+
+
+def check_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """The parts of metrics.json readers rely on: a mapping of task metrics to numbers."""
+    task_metrics = metrics.get("task_metrics")
+    problem = None
+    if not isinstance(task_metrics, dict) or not task_metrics:
+        problem = "has no `task_metrics` mapping"
+    else:
+        bad = [k for k, v in task_metrics.items() if isinstance(v, bool) or not isinstance(v, int | float)]
+        problem = f"has non-numeric task metrics {bad}" if bad else None
+    if problem:
+        raise RunFolderError(
+            f"'{path.resolve()}' {problem}: it was not written by `sparselora train` or was edited since. "
+            "Train the run again with --overwrite."
+        )
 
 
 def read_train_log(run_dir: Path) -> list[dict[str, Any]]:

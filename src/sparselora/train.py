@@ -22,13 +22,14 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from sparselora.atomic import atomic_write_json
-from sparselora.config import RunConfig
+from sparselora.config import ConfigError, RunConfig
 from sparselora.environment import describe_environment
 from sparselora.evaluate import EvalResult, evaluate
 from sparselora.locks import exclusive_lock
 from sparselora.measure import PeakMemory, StepTimer
 from sparselora.methods import BuildContext, get_method
 from sparselora.params import count_parameters
+from sparselora.paths import check_writable_folder
 from sparselora.pipeline import RunInputs, load_inputs
 from sparselora.report.model_card import write_model_card
 from sparselora.resume import checkpoint_step, last_checkpoint, prepare_work_folder
@@ -39,6 +40,7 @@ from sparselora.runs import (
     TRAIN_LOG_FILE,
     check_run_folder,
     lock_path,
+    mark_failed,
     partial_dir,
     publish,
     write_config,
@@ -117,6 +119,7 @@ def assemble_metrics(
             "method": config.method,
             "seed": config.seed,
             "head": inputs.head,
+            "label_names": inputs.label_names,
         },
         "task_metrics": eval_result.metrics,
         "params": count_parameters(trainer.model),
@@ -186,9 +189,23 @@ def diverged_error(problem: str, work: Path) -> TrainingDivergedError:
     )
 
 
+def check_training_length(config: RunConfig, train_examples: int) -> None:
+    """``epochs`` must cover at least one optimiser step (the Trainer would silently round it up to one)."""
+    if train_examples == 0:
+        where = f"'{config.train_file}'" if config.train_file else f"task '{config.task}'"
+        raise ConfigError(f"the training split of {where} is empty (or the file is missing): nothing to train on")
+    steps_per_epoch = max(math.ceil(train_examples / config.batch_size) // config.gradient_accumulation_steps, 1)
+    if config.max_steps is None and config.epochs * steps_per_epoch < 1:
+        raise ConfigError(
+            f"config key 'epochs': {config.epochs:g} epoch(s) is less than one optimiser step "
+            f"({steps_per_epoch} step(s) per epoch); use epochs >= {1 / steps_per_epoch:.3g} or set `max_steps`."
+        )
+
+
 def train(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Path | None:
     """Train one run (resuming an unfinished one) and publish its folder. None on non-zero ranks."""
     set_seed(config.seed)
+    check_writable_folder(Path(config.output_dir), "output_dir")
     final_dir = Path(config.output_dir) / config.run_name
     work = partial_dir(final_dir)
     args = training_arguments(config, str(work / CHECKPOINTS_DIR), distributed=_world_size() > 1)
@@ -198,6 +215,7 @@ def train(config: RunConfig, overwrite: bool = False, resume: bool = False) -> P
             claims.enter_context(exclusive_lock(lock_path(final_dir), f"run '{final_dir}'"))
             check_run_folder(final_dir, overwrite)
         inputs = load_inputs(config)  # bad data fails here, before the run folder is touched
+        check_training_length(config, len(inputs.data.train))
         with args.main_process_first(local=False, desc="preparing the run folder"):
             checkpoint = prepare_work_folder(final_dir, config.to_flat_dict(), overwrite, resume, is_main)
         try:
@@ -206,7 +224,7 @@ def train(config: RunConfig, overwrite: bool = False, resume: bool = False) -> P
             if is_main and work.is_dir():
                 state = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
                 last = last_checkpoint(work)
-                write_status(work, "failed", error=state, last_checkpoint=str(last) if last else None)
+                mark_failed(work, error=state, last_checkpoint=str(last) if last else None)
             raise
 
 

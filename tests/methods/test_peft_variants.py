@@ -23,6 +23,26 @@ def test_qlora_base_is_4bit_and_head_is_not(tiny_bert_dir, data_env, tmp_path):
     assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-5)
 
 
+def test_qlora_evaluates_with_the_kernel_it_trains_with(tiny_bert_dir, data_env, tmp_path):
+    """bitsandbytes' CPU eval repack fails when in_features is not a multiple of 64 and computes in bf16."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import torch
+
+    from sparselora.pipeline import load_inputs
+
+    inputs = load_inputs(build_config(tiny_run(tiny_bert_dir, tmp_path, method="qlora")))
+    model, _ = inputs.load_base_model()
+    layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert layer.in_features % 64 != 0  # the shape the repack cannot handle
+    x = torch.randn(3, layer.in_features, requires_grad=True)
+    trained_path = layer(x)  # with a gradient: the kernel training uses
+    model.eval()
+    with torch.no_grad():
+        evaluated = layer(x.detach())
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    torch.testing.assert_close(evaluated, trained_path.detach(), rtol=0, atol=0)
+
+
 def test_qlora_without_bitsandbytes_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(qlora_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingBitsAndBytesError, match="pip install bitsandbytes"):

@@ -542,10 +542,31 @@ def test_unsupported_architectures_are_refused_clearly(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, MPNetConfig, MPNetForMaskedLM
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=16, n_layer=1, n_head=2))
-    with pytest.raises(NotImplementedError, match="Conv1D"):
+    with pytest.raises(ValueError, match="Conv1D"):
         apply_sparselora(gpt2, SparseLoRAConfig(svd_cache=str(tmp_path / "g.st")), progress=False)
     config = MPNetConfig(
         vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
     with pytest.raises(ValueError, match="architecture map"):
         apply_sparselora(MPNetForMaskedLM(config), SparseLoRAConfig(), progress=False)
+
+
+def test_own_training_loop_calibrates_then_runs_sparse_and_says_so(tmp_path, caplog):
+    """No Trainer callback: training forwards count as steps, dense while calibrating, then sparse."""
+    model = _peft_model("bert")
+    config = SparseLoRAConfig(ffn_sparsity=0.5, calibration_steps=2, svd_rank=4, svd_cache=str(tmp_path / "f.st"))
+    engine = apply_sparselora(model, config, progress=False)
+    model.train()
+    seen = []
+    with caplog.at_level("INFO", logger="sparselora.sparse.engine"):
+        for _ in range(4):
+            model(**_batch()).loss.backward()
+            seen.append(engine.ffn[0].keep is not None)
+        with torch.no_grad():  # evaluation-like forwards do not count
+            model(**_batch())
+    assert seen == [False, False, True, True]
+    assert engine.forwards_counted == 4
+    assert "without its Trainer callback" in caplog.text
+    model.eval()
+    model(**_batch())
+    assert engine.ffn[0].keep is None  # evaluation runs dense

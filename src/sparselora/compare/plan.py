@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparselora.config import ConfigError
+from sparselora.paths import check_folder_name
+from sparselora.yaml_input import YamlInputError, load_yaml
 
 
 class Target(BaseModel):
@@ -61,6 +62,14 @@ class CompareConfig(BaseModel):
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
+
+    @field_validator("methods", "tasks")
+    @classmethod
+    def _usable_in_folder_names(cls, value, info):
+        # a cell's run folder is <task>__<label>__s<seed>: labels and tasks are folder-name parts
+        for name in value:
+            check_folder_name(name, f"{info.field_name} entry")
+        return value
 
     @model_validator(mode="after")
     def _reference_is_a_method(self) -> CompareConfig:
@@ -130,15 +139,28 @@ def parse_only(text: str | None) -> dict[str, str]:
     return selection
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → [0, 1, 2]."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2; got '{text}'") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: '{text}'")
+    return seeds
+
+
 def load_compare_config(path: str | Path) -> CompareConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"comparison config not found: '{path.resolve()}'")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), f"'{path}'") or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"'{path}' must hold a mapping (name, methods, seeds, ...), got {type(raw).__name__}")
         return CompareConfig(**raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"'{path}' is not valid YAML: {err}") from None
+    except YamlInputError as err:
+        raise ConfigError(str(err)) from None
     except ValidationError as err:
         lines = [f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in err.errors()]
         raise ConfigError(f"invalid comparison config '{path}':\n" + "\n".join(lines)) from None

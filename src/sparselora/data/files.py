@@ -1,48 +1,111 @@
-"""Your own classification data: csv/tsv/jsonl files with named text and label columns."""
+"""Your own classification data: csv/tsv/jsonl files with named text and label columns.
+
+Labels map to class ids as users expect: numbers in numeric order (``1`` and ``1.0`` are one class),
+anything else in sorted string order. The mapping is recorded in the run (``label_names``, the model's
+``id2label``), so evaluating a run does not need its training file again.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
 
 from sparselora.data.readers import DataFileError, check_columns, read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
 
 
-def _read(path: Path | None, key: str):
+def _read(path: Path | None, key: str) -> Dataset:
     if path is None:
         raise DataFileError(f"config key '{key}' is required for a file task: the path of a csv/tsv/jsonl file")
-    if not Path(path).is_file():
-        raise DataFileError(f"config key '{key}': file not found at '{Path(path).resolve()}'")
-    return read_table(Path(path))
+    path = Path(path)
+    if path.is_dir():
+        raise DataFileError(f"config key '{key}': '{path.resolve()}' is a folder; give the path of a data file")
+    if path.exists() and not path.is_file():
+        raise DataFileError(f"config key '{key}': '{path.resolve()}' is not a regular file (a device or a pipe)")
+    if not path.is_file():
+        raise DataFileError(f"config key '{key}': file not found at '{path.resolve()}'")
+    return read_table(path)
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _label_name(value: Any, numeric: bool) -> str:
+    """The class a label value names: numbers by value (1 ≡ 1.0 → "1"), strings as written."""
+    if not numeric:
+        return str(value)
+    number = _as_number(value)
+    if number is None:
+        return str(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _check_present(values: list[Any], where: str, column: str) -> None:
+    for row, value in enumerate(values):
+        missing = value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+        if missing:
+            raise DataFileError(
+                f"{where}, data row {row + 1}: label column '{column}' is empty. Every row needs a label: "
+                "fill it in or drop the row."
+            )
+
+
+def label_mapping(values: list[Any]) -> list[str]:
+    """Class names in id order: numeric labels by value, others sorted as strings."""
+    numeric = all(_as_number(v) is not None for v in values)
+    names = {_label_name(v, numeric) for v in values}
+    return sorted(names, key=float) if numeric else sorted(names)
 
 
 def load_files(config) -> TaskData:
-    train = _read(config.train_file, "train_file")
+    if config.label_column in (config.text_column, config.text_pair_column):
+        raise DataFileError(
+            f"config key 'label_column' is '{config.label_column}', which is also a text column: "
+            "set label_column to the column that holds the classes."
+        )
     evaluation = _read(config.eval_file, "eval_file")
+    recorded = config.label_names  # set when a saved run is evaluated: its training file is not needed
+    training_file_there = config.train_file is not None and Path(config.train_file).is_file()
+    train = _read(config.train_file, "train_file") if recorded is None or training_file_there else None
     keys = ["text_column", "label_column", *(["text_pair_column"] if config.text_pair_column else [])]
     columns = {getattr(config, key): f"config key '{key}'" for key in keys}
-    for key, split in (("train_file", train), ("eval_file", evaluation)):
-        check_columns(split, columns, f"{key} '{getattr(config, key)}'")
-    # Labels may be strings or ints: map the sorted set of training labels to 0..K-1.
-    label_names = sorted({str(v) for v in train[config.label_column]})
+    splits = {"train_file": train, "eval_file": evaluation}
+    for key, split in splits.items():
+        if split is not None:
+            check_columns(split, columns, f"{key} '{getattr(config, key)}'")
+            _check_present(split[config.label_column], f"{key} '{getattr(config, key)}'", config.label_column)
+    label_names = list(recorded) if recorded is not None else label_mapping(train[config.label_column])
+    numeric = all(_as_number(name) is not None for name in label_names)
     index = {name: i for i, name in enumerate(label_names)}
 
-    def standard(split):
-        unseen = {str(v) for v in split[config.label_column]} - set(index)
+    def standard(split: Dataset, key: str) -> Dataset:
+        names = [_label_name(v, numeric) for v in split[config.label_column]]
+        unseen = sorted(set(names) - set(index))
         if unseen:
-            raise DataFileError(f"eval_file has labels never seen in train_file: {sorted(unseen)}")
+            raise DataFileError(
+                f"{key} '{getattr(config, key)}' has labels never seen in training: {unseen} "
+                f"(the classes are {label_names})"
+            )
+        out = {"text": [str(t) for t in split[config.text_column]], "label": [index[n] for n in names]}
+        if config.text_pair_column:
+            out["text_pair"] = [str(t) for t in split[config.text_pair_column]]
+        return Dataset.from_dict(out)
 
-        def row_to_standard(row):
-            out = {"text": row[config.text_column], "label": index[str(row[config.label_column])]}
-            if config.text_pair_column:
-                out["text_pair"] = row[config.text_pair_column]
-            return out
-
-        return split.map(row_to_standard, remove_columns=split.column_names)
-
+    empty = Dataset.from_dict({"text": [], "label": []})
     return TaskData(
-        train=first_n(standard(train), config.max_train_samples),
-        eval=first_n(standard(evaluation), config.max_eval_samples),
+        train=first_n(standard(train, "train_file"), config.max_train_samples) if train is not None else empty,
+        eval=first_n(standard(evaluation, "eval_file"), config.max_eval_samples),
         label_names=label_names,
     )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +23,10 @@ def read_table(path: Path) -> Dataset:
             frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")
         elif name.endswith(".csv"):
             frame = pd.read_csv(path, keep_default_na=False, encoding="utf-8")
-        elif name.endswith((".jsonl", ".json")):
-            frame = pd.read_json(path, lines=name.endswith(".jsonl"), encoding="utf-8")
+        elif name.endswith(".jsonl"):
+            frame = pd.DataFrame(_json_lines(path))
+        elif name.endswith(".json"):
+            frame = pd.read_json(path, encoding="utf-8")
         else:
             raise DataFileError(f"cannot read '{path}': expected a .tsv, .csv or .jsonl file (optionally .gz)")
     except pd.errors.EmptyDataError:
@@ -39,6 +43,28 @@ def read_table(path: Path) -> Dataset:
     if frame.empty:
         raise DataFileError(f"'{path}' has a header but no rows")
     return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """One JSON object per line; a broken line is named by its number."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(
+                    f"'{path}', line {number}: not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"'{path}', line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise pd.errors.EmptyDataError
+    return rows
 
 
 def check_columns(dataset: Dataset, columns: dict[str, str], where: str) -> None:

@@ -56,6 +56,23 @@ def quantization_kwargs(options: QLoraOptions) -> dict[str, Any]:
     }
 
 
+def keep_training_kernel(model: PreTrainedModel) -> None:
+    """Evaluate the 4-bit layers with the kernel they train with.
+
+    Recent bitsandbytes (0.50.2 here) repacks a ``Linear4bit`` weight for a fused AVX512-BF16 kernel at its first
+    CPU forward in eval mode without gradients. The repack reshapes the block scales as
+    ``[out_features, in_features // blocksize]``, so it fails on any layer whose ``in_features`` is not
+    a multiple of the block size (64): ``RuntimeError: shape '[32, 0]' is invalid`` on a hidden size of
+    32 (0.50.2). Where it works it computes in bf16 whatever ``bnb_4bit_compute_dtype`` says, so the
+    evaluation would measure other numerics than training. Turning it off keeps one code path.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def build_qlora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     # No forward pass before wrapping: bitsandbytes' CPU path then fails with an in-place view error.
     options: QLoraOptions = ctx.config.method_options  # type: ignore[assignment]
@@ -81,5 +98,6 @@ register(
         options=QLoraOptions,
         build=build_qlora,
         load_kwargs=quantization_kwargs,
+        prepare_base=keep_training_kernel,
     )
 )

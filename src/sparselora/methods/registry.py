@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class MethodOptions(BaseModel):
     """Base of every method's options: strict, so a typo is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class MethodSpec:
     # extra ``from_pretrained`` arguments for the base model (e.g. QLoRA's quantization_config),
     # used when training and again when a saved run is reloaded
     load_kwargs: Callable[[Any], dict[str, Any]] | None = None
+    # adjusts the loaded base model before anything runs on it (QLoRA: keep one 4-bit kernel), also on reload
+    prepare_base: Callable[[PreTrainedModel], None] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

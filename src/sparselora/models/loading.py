@@ -150,6 +150,7 @@ def load_model(
     head: Head,
     tokenizer: PreTrainedTokenizerBase,
     num_labels: int | None = None,
+    label_names: list[str] | None = None,
     **extra: Any,
 ) -> tuple[PreTrainedModel, list[str]]:
     """Load the base model with a task head.
@@ -168,7 +169,12 @@ def load_model(
         kwargs["gguf_file"] = source.gguf_file
     if head == "sequence_classification":
         kwargs["num_labels"] = num_labels
+        if label_names and len(label_names) == num_labels:  # pipeline() then prints the real class names
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
     model, info = HEAD_CLASSES[head].from_pretrained(source.path, **kwargs)
+    # PEFT records this as the adapter's base_model_name_or_path: the public id, not this machine's path
+    model.name_or_path = hub_id(source)
     if model.config.pad_token_id is None:
         # Sequence classification on decoders pools the last non-pad token: it needs this.
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -76,6 +76,18 @@ def _adapter_section(run_dir: Path) -> list[str]:
     return ["### Adapter", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
+def _id2label(inputs: RunInputs) -> dict[int, str]:
+    return dict(enumerate(inputs.label_names))
+
+
+def _labels_section(inputs: RunInputs) -> list[str]:
+    """Class id → name, as the model's config records it (what pipeline() prints)."""
+    if not inputs.num_labels or not inputs.label_names:
+        return []
+    rows = [f"| {i} | {name} |" for i, name in enumerate(inputs.label_names)]
+    return ["## Labels", "", "| class id | label |", "|---|---|", *rows, ""]
+
+
 def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metrics: dict) -> None:
     is_adapter = (run_dir / "adapter_config.json").is_file()
     base = hub_id(inputs.source)
@@ -107,6 +119,7 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         "|---|---|",
         *[f"| {k} | {_fmt(v)} |" for k, v in metrics["task_metrics"].items()],
         "",
+        *_labels_section(inputs),
         "## Cost",
         "",
         "| measure | value |",
@@ -131,7 +144,7 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         *(
             [
                 f'base = {_AUTO_CLASS[inputs.head]}.from_pretrained("{base}"'
-                + (f", num_labels={inputs.num_labels})" if inputs.num_labels else ")"),
+                + (f", num_labels={inputs.num_labels}, id2label={_id2label(inputs)})" if inputs.num_labels else ")"),
                 f'model = PeftModel.from_pretrained(base, "runs/{config.run_name}")',
             ]
             if is_adapter

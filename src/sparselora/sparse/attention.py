@@ -6,7 +6,9 @@ V/O channels by ‖V_c‖; each key/value head keeps its top-k of each. Then q/k
 kept rows of their weights, attention runs on the reduced heads with the *original* softmax
 scale, and the output projection multiplies only the kept columns. With rotary embeddings,
 channels i and i + d/2 rotate together, so they are selected as pairs and the cos/sin tables are
-gathered for the kept pairs.
+gathered for the kept pairs. Where the architecture normalises each query/key head (Qwen3's
+``q_norm``/``k_norm``, an RMSNorm over the whole head), Q and K run dense — the norm needs every
+channel of a head — and only V/O are sparsified.
 
 The attention module's ``forward`` is replaced on the instance (restored by ``detach``); the
 attention kernel itself is the library's (``ALL_ATTENTION_FUNCTIONS``: sdpa or eager).
@@ -63,6 +65,7 @@ class SparseAttention:
     predictor: Predictor = "svd"
     selection: HeadSelection | None = None
     output_inside: bool = False
+    qk_norm: bool = False  # per-head q/k RMSNorm (Qwen3): Q and K stay dense
     _handles: list = field(default_factory=list)
     _o_weight_t: torch.Tensor | None = None
     _attention_fn: Callable | None = None  # the library kernel (sdpa/eager), resolved once at attach
@@ -79,22 +82,27 @@ class SparseAttention:
         out = predicted_projection(flat, getattr(self, role), factor, self.predictor)
         return out.view(flat.shape[0], heads, self.head_dim)
 
+    def _select_qk(self, flat: torch.Tensor, kept: int, group: int) -> torch.Tensor:
+        """Kept Q/K channels per key/value head: every channel under a per-head q/k norm."""
+        if self.qk_norm:
+            return torch.arange(self.head_dim, device=flat.device).expand(self.kv_heads, -1)
+        q_norm = self._estimate(flat, "q", self.heads).norm(dim=0).view(self.kv_heads, group, self.head_dim)
+        k_norm = self._estimate(flat, "k", self.kv_heads).norm(dim=0)
+        qk_score = (q_norm * k_norm.unsqueeze(1)).sum(1)  # (kv_heads, head_dim)
+        if self.rotary:
+            half = self.head_dim // 2
+            pairs = torch.topk(qk_score[:, :half] + qk_score[:, half:], kept // 2, dim=1).indices.sort(dim=1).values
+            return torch.cat((pairs, pairs + half), dim=1)  # keeps rotate_half's [first half | second half] layout
+        return torch.topk(qk_score, kept, dim=1).indices.sort(dim=1).values
+
     @torch.no_grad()
     def select(self, x: torch.Tensor) -> HeadSelection:
         flat = x.reshape(-1, x.shape[-1])
         flat = flat[:: max(1, flat.shape[0] // self.estimator_tokens)]
         group = self.heads // self.kv_heads
-        q_norm = self._estimate(flat, "q", self.heads).norm(dim=0).view(self.kv_heads, group, self.head_dim)
-        k_norm = self._estimate(flat, "k", self.kv_heads).norm(dim=0)
         v_norm = self._estimate(flat, "v", self.kv_heads).norm(dim=0)
-        qk_score = (q_norm * k_norm.unsqueeze(1)).sum(1)  # (kv_heads, head_dim)
         kept = self.num_kept
-        if self.rotary:
-            half = self.head_dim // 2
-            pairs = torch.topk(qk_score[:, :half] + qk_score[:, half:], kept // 2, dim=1).indices.sort(dim=1).values
-            qk = torch.cat((pairs, pairs + half), dim=1)  # keeps rotate_half's [first half | second half] layout
-        else:
-            qk = torch.topk(qk_score, kept, dim=1).indices.sort(dim=1).values
+        qk = self._select_qk(flat, kept, group)
         v = torch.topk(v_norm, kept, dim=1).indices.sort(dim=1).values
         kv_offsets = (torch.arange(self.kv_heads, device=x.device) * self.head_dim).unsqueeze(1)
         q_offsets = (torch.arange(self.heads, device=x.device) * self.head_dim).unsqueeze(1)
@@ -126,15 +134,19 @@ class SparseAttention:
             )
         batch, seq = hidden_states.shape[:2]
         kept = self.num_kept
-        q = rows_forward(self.q, hidden_states, sel.q_rows).view(batch, seq, self.heads, kept).transpose(1, 2)
-        k = rows_forward(self.k, hidden_states, sel.k_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
+        module = self.module
+        if self.qk_norm:
+            q = module.q_norm(self.q(hidden_states).view(batch, seq, self.heads, self.head_dim)).transpose(1, 2)
+            k = module.k_norm(self.k(hidden_states).view(batch, seq, self.kv_heads, self.head_dim)).transpose(1, 2)
+        else:
+            q = rows_forward(self.q, hidden_states, sel.q_rows).view(batch, seq, self.heads, kept).transpose(1, 2)
+            k = rows_forward(self.k, hidden_states, sel.k_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
         v = rows_forward(self.v, hidden_states, sel.v_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
         if self.rotary:
             cos, sin = position_embeddings
             group = self.heads // self.kv_heads
             q = self._rope(q, sel.qk.repeat_interleave(group, dim=0), cos, sin)
             k = self._rope(k, sel.qk, cos, sin)
-        module = self.module
         out, weights = self._attention_fn(
             module,
             q,
@@ -153,6 +165,7 @@ class SparseAttention:
     # wiring -----------------------------------------------------------------------------------
     def attach(self, engine) -> None:
         self.output_inside = any(sub is self.o for sub in self.module.modules())
+        self.qk_norm = hasattr(self.module, "q_norm") and hasattr(self.module, "k_norm")
         eager = sys.modules[type(self.module).__module__].eager_attention_forward
         self._attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager)
         dropout = getattr(self.module, "attention_dropout", None)  # LLaMA: a float; BERT: an nn.Dropout

@@ -5,10 +5,16 @@ Usable without the rest of sparselora, in a user's own Trainer script::
     model = get_peft_model(base, LoraConfig(...))
     engine = apply_sparselora(model, SparseLoRAConfig(ffn_sparsity=0.7), model_name="minilm")
     trainer = Trainer(model=model, ..., callbacks=[engine.callback()])
+
+In a loop of your own (no callback), the engine counts training forwards as steps: the first
+``calibration_steps`` run dense to find outlier channels, every later one sparse (the warm-up and
+cool-down ratios need the Trainer's ``max_steps`` and apply only with the callback). It logs this
+at the first training forward; ``engine.start_sparse_now()`` skips the calibration.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +29,8 @@ from sparselora.sparse.attention import SparseAttention
 from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
 from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,10 @@ class SparseLoRAEngine:
     calibrating: bool = True
     enabled: bool = True
     output_tokens: TokenSplit | None = None  # decoders: this batch's output / context positions
+    driven_by_callback: bool = False  # the callback (begin_step) sets the step; otherwise training forwards count
+    forwards_counted: int = 0
     _model_hook: object = None
+    _step_hook: object = None
 
     def sparse_now(self, sparsity: float, training: bool) -> bool:
         if not self.enabled or self.calibrating or sparsity == 0.0:
@@ -78,7 +89,12 @@ class SparseLoRAEngine:
         )
 
     def begin_step(self, step: int, max_steps: int) -> None:
-        """Called before each optimiser step; ends calibration once its steps are done."""
+        """Called before each optimiser step (by the callback); from then on the caller drives the schedule."""
+        self.driven_by_callback = True
+        self._advance(step, max_steps)
+
+    def _advance(self, step: int, max_steps: int) -> None:
+        """Set the step; ends calibration once its steps are done."""
         self.step = step
         warmup = math.ceil(self.config.sparse_warmup_ratio * max_steps) if max_steps > 0 else 0
         self.sparse_from_step = max(self.config.calibration_steps, warmup)
@@ -106,6 +122,21 @@ class SparseLoRAEngine:
         """Skip calibration and warm-up (benchmarks, tests): sparse from the next forward."""
         self.calibrating, self.sparse_from_step = False, 0
 
+    def count_training_forward(self, module: nn.Module, _args, _kwargs) -> None:
+        """Model pre-hook: without the callback, each training forward with gradients is one step."""
+        if self.driven_by_callback or not module.training or not torch.is_grad_enabled():
+            return
+        if self.forwards_counted == 0 and self.calibrating:
+            logger.info(
+                "SparseLoRA without its Trainer callback: training forwards count as steps; the first %d run "
+                "dense to calibrate outlier channels, then every one runs sparse (sparse_warmup_ratio and "
+                "sparse_cooldown_ratio need the callback). engine.start_sparse_now() skips the calibration.",
+                self.config.calibration_steps,
+            )
+        if self.calibrating:
+            self._advance(self.forwards_counted, max_steps=0)
+        self.forwards_counted += 1
+
     def capture_output_tokens(self, _module, args, kwargs) -> None:
         """Model pre-hook: position t is an output token when labels[t + 1] is trained (causal LM shift)."""
         labels = kwargs.get("labels")
@@ -119,10 +150,13 @@ class SparseLoRAEngine:
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:
             block.detach()
-        if self._model_hook is not None:
-            self._model_hook.remove()
+        for hook in (self._model_hook, self._step_hook):
+            if hook is not None:
+                hook.remove()
 
     def callback(self) -> TrainerCallback:
+        """The Trainer callback that drives the schedule by the global step (warm-up, cool-down)."""
+        self.driven_by_callback = True
         return SparseLoRACallback(self)
 
     def kept_fraction(self) -> float:
@@ -156,6 +190,15 @@ class SparseLoRACallback(TrainerCallback):
         self.engine.begin_step(state.global_step, state.max_steps)
 
 
+class UnsupportedModelError(ValueError):
+    """The architecture is in the map, but this part of SparseLoRA is not implemented for it."""
+
+
+# What SparseLoRA claims: FFN sparsity for every mapped family without Conv1D projections, attention sparsity
+# for these. tests/sparse/test_exactness.py holds each claim to "keeping every channel is dense LoRA".
+ATTENTION_FAMILIES = ("bert", "roberta", "llama")
+
+
 def _model_config(model: nn.Module) -> PretrainedConfig:
     return getattr(model, "config", None) or model.get_base_model().config
 
@@ -167,7 +210,9 @@ def apply_sparselora(
     base_config = _model_config(model)
     spec = get_arch(base_config.model_type)
     if spec.conv1d:
-        raise NotImplementedError(f"SparseLoRA does not support {spec.family} yet (Conv1D projections)")
+        raise UnsupportedModelError(
+            f"SparseLoRA does not support {spec.family} (Conv1D projections); use method lora on this model"
+        )
     layers_count = num_layers(model, spec)
     ffn_sparsity = layer_schedule(config, layers_count, "mlp")
     attn_sparsity = layer_schedule(config, layers_count, "attn")
@@ -195,6 +240,7 @@ def apply_sparselora(
         block.attach(engine)
     if spec.kind == "decoder" and config.dense_output_tokens:
         engine._model_hook = model.register_forward_pre_hook(engine.capture_output_tokens, with_kwargs=True)
+    engine._step_hook = model.register_forward_pre_hook(engine.count_training_forward, with_kwargs=True)
     return engine
 
 
@@ -222,8 +268,8 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
 
 
 def _attention_block(modules, names, spec: ArchSpec, base_config, factors, layer, sparsity, config):
-    if spec.family not in ("bert", "roberta", "llama"):
-        raise NotImplementedError(
+    if spec.family not in ATTENTION_FAMILIES:
+        raise UnsupportedModelError(
             f"attention sparsity is implemented for BERT/RoBERTa and LLaMA-family models, not {spec.family}; "
             "set attn_sparsity: 0"
         )

@@ -272,10 +272,14 @@ class SparseFFN:
         sparse as well wastes one token but spares copying the input and its gradient.
         """
         whole = type(block).forward.__get__(block)
+        down_inside = any(module is self.down for module in block.modules())  # DistilBERT's FFN: up and down
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self.keep is None:
                 return whole(x)
+            if down_inside:
+                first = self._dense(whole, x[:, :1])
+                return torch.cat([first, whole(x)[:, 1:]], dim=1)
             self._first_token_h = self._dense(whole, x[:, :1])
             return whole(x)
 

@@ -1,0 +1,100 @@
+"""Keeping every channel is dense LoRA, for every model type the architecture map claims.
+
+A model type added to the map is tested here automatically: it passes (logits and every gradient equal to
+dense LoRA, sdpa and eager attention) or SparseLoRA refuses it with a clear error.
+"""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from sparselora.models import get_arch
+from sparselora.models.architectures import supported_model_types
+from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.engine import ATTENTION_FAMILIES, UnsupportedModelError, apply_sparselora
+
+SIZES = {  # each family's own names for the sizes of a 2-layer, 32-wide model
+    "bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64},
+    # dropout off: DistilBERT's FFN block also holds the down projection and its dropout, so its dense
+    # [CLS] token runs the block twice and draws dropout masks in another order than the dense model
+    "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "dropout": 0.0},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4},
+    "llama": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "head_dim": 8,
+        "pad_token_id": 0,
+    },
+}
+SIZES["roberta"] = {**SIZES["bert"], "pad_token_id": 1}
+
+
+def _tiny_model(model_type: str, attention: str):
+    family = get_arch(model_type).family
+    config = AutoConfig.for_model(model_type, vocab_size=100, **SIZES[family])
+    config._attn_implementation = attention
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
+    if model_type == "qwen3":  # untrained q/k norms are all ones: give them weights that matter
+        for name, param in model.named_parameters():
+            if "q_norm" in name or "k_norm" in name:
+                torch.nn.init.normal_(param, mean=1.0, std=0.3)
+    spec = get_arch(model_type)
+    roles = [r for r in ("q", "v", "qkv", "up", "gate", "down") if r in spec.projections]
+    lora = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, task_type="SEQ_CLS", target_modules=[spec.projections[r] for r in roles]
+    )
+    peft = get_peft_model(model, lora)
+    for name, param in peft.named_parameters():  # LoRA B nonzero: the LoRA path must matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return peft
+
+
+def _loss_and_grads(model, batch):
+    torch.manual_seed(123)  # the same dropout masks in both models
+    model.train()
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_keeping_every_channel_is_dense_lora(model_type, attention, tmp_path):
+    family = get_arch(model_type).family
+    dense = _tiny_model(model_type, attention)
+    sparse = copy.deepcopy(dense)
+    with_attention = family in ATTENTION_FAMILIES
+    config = SparseLoRAConfig(
+        ffn_sparsity=1e-9,  # keeps every channel, still runs the sparse code paths
+        attn_sparsity=1e-9 if with_attention else 0.0,
+        svd_rank=4,
+        svd_cache=str(tmp_path / "factors.safetensors"),
+    )
+    if get_arch(model_type).conv1d:
+        with pytest.raises(UnsupportedModelError, match="Conv1D"):
+            apply_sparselora(sparse, config, progress=False)
+        return
+    if not with_attention:
+        with pytest.raises(UnsupportedModelError, match="attn_sparsity: 0"):
+            apply_sparselora(copy.deepcopy(dense), config.model_copy(update={"attn_sparsity": 0.5}), progress=False)
+    engine = apply_sparselora(sparse, config, progress=False)
+    engine.start_sparse_now()
+    generator = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(2, 100, (4, 12), generator=generator), "labels": torch.tensor([0, 1, 0, 1])}
+    logits_d, grads_d = _loss_and_grads(dense, batch)
+    logits_s, grads_s = _loss_and_grads(sparse, batch)
+    assert all(block.keep is not None for block in engine.ffn)  # the sparse paths ran
+    assert all(block.selection is not None for block in engine.attention)
+    assert len(engine.attention) == (2 if with_attention else 0)
+    torch.testing.assert_close(logits_s, logits_d, rtol=1e-5, atol=1e-6)
+    for name in grads_d:
+        torch.testing.assert_close(grads_s[name], grads_d[name], rtol=1e-4, atol=1e-6, msg=name)
