@@ -7,6 +7,7 @@ run folder exists; afterwards every file it held must be byte-identical.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -110,6 +111,21 @@ def _other_model(world: World) -> Callable[[Path], None]:
 
 
 TRAIN_TSV = "sentence\tlabel\nit is good\t1\nit is bad\t0\n"
+BROKEN_JSONL = '{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n'
+NULL_LABEL_JSONL = '{"text": "good", "label": 1}\n{"text": "bad", "label": null}\n'
+
+
+def _truncate_adapter(run: Path) -> None:
+    weights = run / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _string_accuracy(run: Path) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["task_metrics"]["accuracy"] = "high"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
 LATIN1_TSV = TRAIN_TSV.replace("good", "göod").encode("latin-1")
 
 # case → (arguments, a fragment the error must contain)
@@ -194,6 +210,97 @@ CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
         ["svd", "build", str(w.model), "--rank", "64", "--out", str(w.root / "f.safetensors")],
         "svd_rank",
     ),
+    # YAML and config values
+    "--set YAML syntax error": lambda w: (w.train_args("name='oops"), "--set name is not valid YAML"),
+    "non-string YAML key": lambda w: (["train", str(w.write("k.yaml", "1: 2\n"))], "keys must be names"),
+    "duplicate YAML key": lambda w: (
+        ["train", str(w.write("d.yaml", "lora_r: 4\nlora_r: 8\n"))],
+        "key 'lora_r' appears twice",
+    ),
+    "infinite learning rate": lambda w: (w.train_args("learning_rate=inf"), "Input should be a finite number"),
+    "fewer epochs than one step": lambda w: (w.train_args("max_steps=", "epochs=1e-9"), "less than one optimiser step"),
+    "rank above the projection size": lambda w: (w.train_args("lora_r=1000000"), "is larger than the smaller side"),
+    "max_length beyond the model's positions": lambda w: (
+        w.train_args("max_length=1000000000"),
+        "positions; use max_length <=",
+    ),
+    "no target modules": lambda w: (w.train_args("target_modules=[]"), "an empty list targets nothing"),
+    # paths built from input
+    "name is the parent folder": lambda w: (w.train_args("name=.."), "must be a single folder name"),
+    "name is the runs folder itself": lambda w: (w.train_args("name=."), "must be a single folder name"),
+    "name with a path": lambda w: (w.train_args("name=../escaped"), "must be a single folder name"),
+    "absolute name": lambda w: (w.train_args(f"name={w.root}"), "must be a single folder name"),
+    "name with a control character": lambda w: (w.train_args('name="a\\tb"'), "contains a control character"),
+    "output_dir under /proc": lambda w: ([*w.train_args(), "--output-dir", "/proc/sparselora-runs"], "cannot hold"),
+    "output_dir under /sys": lambda w: ([*w.train_args(), "--output-dir", "/sys/kernel/sparselora"], "cannot hold"),
+    "output_dir is a file": lambda w: (
+        [*w.train_args(), "--output-dir", str(w.write("a-file", "x"))],
+        "is an existing file, not a folder",
+    ),
+    "compare label with a path": lambda w: (
+        ["compare", str(w.write("c.yaml", "methods: {'../x': {method: lora}}\n"))],
+        "must be a single folder name",
+    ),
+    "compare --seeds not integers": lambda w: (
+        ["compare", str(w.write("c.yaml", "methods: {lora: {}}\n")), "--seeds", "a,b"],
+        "--seeds expects comma-separated integers",
+    ),
+    "calibrate --out is a folder": lambda w: (
+        ["calibrate", str(w.write("s.yaml", "method: sparselora\n")), "--out", str(w.root)],
+        "is a folder: give a file path",
+    ),
+    "flops --json is a folder": lambda w: (["flops", "--json", str(w.root)], "is a folder: give a file path"),
+    "study --out is a file": lambda w: (
+        ["study", "svd-vs-random", "--quick", "--phase", "a", "--out", str(w.write("f", "x"))],
+        "is an existing file",
+    ),
+    # data files
+    "jsonl broken at a line": lambda w: (
+        w.train_args("task=jsonl", f"train_file={w.write('b.jsonl', BROKEN_JSONL)}", f"eval_file={w.root}/b.jsonl"),
+        "line 2: not valid JSON",
+    ),
+    "train_file is a folder": lambda w: (
+        w.train_args("task=csv", f"train_file={w.root}", f"eval_file={w.root}"),
+        "is a folder; give the path of a data file",
+    ),
+    "train_file is /dev/null": lambda w: (
+        w.train_args("task=csv", "train_file=/dev/null", "eval_file=/dev/null"),
+        "is not a regular file",
+    ),
+    "empty label": lambda w: (
+        w.train_args("task=jsonl", f"train_file={w.write('n.jsonl', NULL_LABEL_JSONL)}", f"eval_file={w.root}/n.jsonl"),
+        "data row 2: label column 'label' is empty",
+    ),
+    "label column is the text column": lambda w: (
+        w.train_args(
+            "task=tsv",
+            f"train_file={w.write('t.tsv', TRAIN_TSV)}",
+            f"eval_file={w.root}/t.tsv",
+            "text_column=sentence",
+            "label_column=sentence",
+        ),
+        "which is also a text column",
+    ),
+    # damaged run folders
+    "eval: truncated adapter": lambda w: (["eval", str(w.run_copy(_truncate_adapter))], "not a readable safetensors"),
+    "eval: metrics.json is {}": lambda w: (
+        ["eval", str(w.run_copy(lambda r: (r / "metrics.json").write_text("{}")))],
+        "has no `task_metrics` mapping",
+    ),
+    "eval: accuracy is a string": lambda w: (["eval", str(w.run_copy(_string_accuracy))], "non-numeric task metrics"),
+    "eval: garbage status.json": lambda w: (
+        ["eval", str(w.run_copy(lambda r: (r / "status.json").write_text("garbage")))],
+        "is not a status file sparselora wrote",
+    ),
+    # command-line values
+    "flops --seq-len 0": lambda w: (["flops", "--seq-len", "0"], "Invalid value for '--seq-len'"),
+    "flops negative batch": lambda w: (["flops", "--batch-size", "-4"], "Invalid value for '--batch-size'"),
+    "runs of a missing folder": lambda w: (["runs", str(w.root / "nowhere")], "does not exist"),
+    "sparse recall --batches 0": lambda w: (
+        ["sparse", "recall", str(w.write("s.yaml", "method: sparselora\n")), "--batches", "0"],
+        "Invalid value for '--batches'",
+    ),
+    "eval --tolerance -1": lambda w: (["eval", str(w.good), "--tolerance", "-1"], "Invalid value for '--tolerance'"),
 }
 
 
@@ -209,8 +316,8 @@ def _finished_runs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def test_the_suite_covers_at_least_25_kinds():
-    assert len(CASES) >= 25
+def test_the_suite_covers_at_least_70_kinds():
+    assert len(CASES) >= 70
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -225,10 +332,18 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(case, world_template, 
 
     out = capsys.readouterr()
     text = " ".join((out.out + out.err).split())  # rich wraps long lines
-    assert code != 0
-    assert "error:" in text and fragment in text, text
+    assert code == 2, text  # the documented exit code of bad input
+    assert "error:" in text.lower() and fragment in text, text
     assert "Traceback" not in text
     after = _snapshot(world.runs)
     assert {k: v for k, v in after.items() if k in before} == before  # no earlier result changed
     assert _finished_runs(world.runs) == ["good"]  # and no new run appeared
     assert not (world.root / "pwned").exists()  # nothing hostile was executed
+
+
+def test_debug_shows_the_traceback_of_bad_input(world_template):
+    """--debug re-raises, for errors that are bad input too (the paragraph would hide where it came from)."""
+    from sparselora.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean 'learning_rate'"):
+        main([*world_template.train_args("lerning_rate=0.001"), "--debug"])

@@ -217,3 +217,85 @@ def test_unknown_architecture_needs_target_modules(data_env, tmp_path):
         train(build_config(tiny_run(folder, tmp_path / "runs")))
     run = train(build_config(tiny_run(folder, tmp_path / "runs", target_modules=["q", "v"], max_steps=1)))
     assert (run / "adapter_model.safetensors").is_file()
+
+
+def test_string_labels_train_and_print_their_names(tiny_bert_dir, tmp_path):
+    """pos/neg labels: a run trains, records the mapping, reloads without its training file, pipeline() names them."""
+    from transformers import AutoTokenizer, pipeline
+
+    rows = "".join(f"{'a fine film' if i % 2 else 'a dull film'} {i}\t{'pos' if i % 2 else 'neg'}\n" for i in range(48))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows)
+    (tmp_path / "eval.tsv").write_text("text\tlabel\n" + "".join(rows.splitlines(keepends=True)[:20]))
+    keys = {"task": "tsv", "train_file": str(tmp_path / "train.tsv"), "eval_file": str(tmp_path / "eval.tsv")}
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path / "runs", max_steps=2, name=None, **keys)))
+    assert run.name == "tsv_train_tiny-bert0_lora_s0"
+    assert json.loads((run / "metrics.json").read_text())["run"]["label_names"] == ["neg", "pos"]
+    assert "| 1 | pos |" in (run / "README.md").read_text()
+    (tmp_path / "train.tsv").unlink()  # evaluating needs the mapping, not the training file
+    recorded, measured = evaluate_run(run)
+    assert measured["accuracy"] == pytest.approx(recorded["accuracy"])
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert_dir, num_labels=2, id2label={0: "neg", 1: "pos"}
+    )
+    classify = pipeline(
+        "text-classification", model=PeftModel.from_pretrained(base, run), tokenizer=AutoTokenizer.from_pretrained(run)
+    )
+    assert classify("a fine film")[0]["label"] in {"neg", "pos"}
+
+
+def test_a_copied_run_reloads_with_plain_peft(lora_run, tiny_bert_dir, tmp_path):
+    """adapter_config.json names the base as given (here a local folder), not a path inside this machine's venv."""
+    import shutil
+
+    from peft import AutoPeftModelForSequenceClassification
+
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(lora_run, copy)
+    adapter = json.loads((copy / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_bert_dir)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(copy, num_labels=2).eval()
+    ours = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2), lora_run
+    ).eval()
+    batch = {"input_ids": torch.tensor([[101, 2023, 2003, 2204, 102]])}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, ours(**batch).logits)
+
+
+def test_the_packaged_model_is_recorded_by_its_hub_id():
+    from sparselora.models import load_model, load_tokenizer, resolve_model
+
+    source = resolve_model("minilm")
+    model, _ = load_model(source, "sequence_classification", load_tokenizer(source), num_labels=2)
+    assert model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_a_single_target_module_name_is_a_list(tiny_bert_dir, data_env, tmp_path):
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, max_steps=1, target_modules="query")))
+    assert json.loads((run / "adapter_config.json").read_text())["target_modules"] == ["query"]
+
+
+def test_a_full_disk_is_named_and_the_run_marked_failed(tiny_bert_dir, shared_data_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import sparselora.runs
+    import sparselora.train
+    from sparselora.cli import main
+
+    def no_space(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "README.md"))
+
+    def atomic_status_fails(folder, state, **details):
+        if state == "failed":  # the atomic write needs room for a second file
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "status.json"))
+        return real_write_status(folder, state, **details)
+
+    real_write_status = sparselora.runs.write_status
+    monkeypatch.setattr(sparselora.train, "write_model_card", no_space)
+    monkeypatch.setattr(sparselora.runs, "write_status", atomic_status_fails)
+    args = ["train", "--set", f"model={tiny_bert_dir}", "--set", "max_steps=1", "--set", "progress=false"]
+    code = main([*args, "--set", f"data_dir={shared_data_dir}", "--set", "name=full", "--output-dir", str(tmp_path)])
+    text = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert f"No space left on device: '{tmp_path}/.full.partial/README.md'" in text and "Free some disk space" in text
+    assert json.loads((tmp_path / ".full.partial" / "status.json").read_text())["state"] == "failed"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -58,11 +60,32 @@ def _error_paragraph(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+_OPTIONS = {"debug": False}
+
+
 @app.callback()
 def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full Python traceback of an error.")] = False,
 ) -> None:
     """Sparse fine-tuning of transformers, measured honestly."""
+    _OPTIONS["debug"] = debug
+
+
+def _reported(command: Callable) -> Callable:
+    """A command whose errors end as one paragraph and the documented exit code (--debug: the traceback)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, *_usage_errors()):
+            raise
+        except Exception as err:
+            if _OPTIONS["debug"]:
+                raise
+            raise typer.Exit(code=_report_error(err)) from err
+
+    return run
 
 
 def _metrics_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -169,6 +192,8 @@ def svd_build(
     from sparselora.models.loading import HEAD_CLASSES
     from sparselora.sparse.svd import default_cache_path, get_factors
 
+    if out is not None:
+        check_output_file(out, "--out")
     source = resolve_model(model)
     spec = get_arch(load_config(source).model_type)
     weights = HEAD_CLASSES["causal_lm" if spec.kind == "decoder" else "masked_lm"].from_pretrained(source.path)
@@ -230,9 +255,7 @@ def calibrate(
     ],
     target: Annotated[
         float,
-        typer.Option(
-            min=0, max=1, min_open=True, max_open=True, help="Share of the sparsifiable projections' FLOPs to remove."
-        ),
+        typer.Option(min=0, max=1, help="Share of the sparsifiable projections' FLOPs to remove."),
     ] = 0.4,
     set_: SetOption = None,
     batches: Annotated[int, typer.Option(min=1, help="Calibration batches from the training split.")] = 4,
@@ -475,7 +498,7 @@ def lens(
     for layer, (score, cost) in enumerate(zip(scores.scores, scores.cost_per_rank, strict=True)):
         table.add_row(str(layer), f"{score:.3g}", f"{score / total:.1%}", f"{cost:,}", str(ranks.get(layer, "–")))
     console.print(table)
-    folder = out or Path("runs") / f"lens_{Path(model).name}_{task}"
+    folder = check_writable_folder(out or Path("runs") / f"lens_{Path(model).name}_{task}", "--out")
     write_lens_outputs(scores, ranks, budget, folder, title=f"LayerLens: {model} / {task}")
     console.print(f"scores and plot in {folder}")
 
@@ -525,6 +548,17 @@ def config_keys() -> None:
     console.print(describe_keys(), highlight=False)
 
 
+def _report_errors_of(group: typer.Typer) -> None:
+    """Every command of ``group`` and its sub-groups reports errors through ``_reported``: one mechanism."""
+    for info in group.registered_commands:
+        info.callback = _reported(info.callback)
+    for sub in group.registered_groups:
+        _report_errors_of(sub.typer_instance)
+
+
+_report_errors_of(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: every error ends as one paragraph and a non-zero exit code."""
     import sys
@@ -542,10 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ["--debug"] * debug + [arg for arg in args if arg != "--debug"]  # accepted anywhere on the line
     try:
         code = app(args=args, prog_name="sparselora", standalone_mode=False)
-    except click.ClickException as err:  # usage errors: unknown option, missing argument, value out of range
+    except _usage_errors() as err:  # unknown option, missing argument, value out of range
         err.show()
         return err.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, typer.Abort, KeyboardInterrupt):
         error_console.print("interrupted")
         return 130
     except Exception as err:
@@ -553,6 +587,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _report_error(err)
     return code if isinstance(code, int) else 0
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's usage errors, and typer's own copies of them (typer >= 0.2x vendors click)."""
+    import click
+
+    vendored = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+    return (click.ClickException, vendored)
 
 
 def _report_error(err: Exception) -> int:

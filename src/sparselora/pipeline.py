@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sparselora.config import RunConfig
+from sparselora.config import ConfigError, RunConfig
 from sparselora.data import TaskSpec, get_task
 from sparselora.data.preprocess import Prepared, prepare
 from sparselora.methods import get_method
@@ -83,6 +84,16 @@ def choose_head(task: TaskSpec, decoder: bool, model_name: str) -> Head:
     return "causal_lm" if decoder else "masked_lm"
 
 
+def check_max_length(config: RunConfig, model_config) -> None:
+    """Longer inputs than the model has positions for fail deep in the model with a tensor-size mismatch."""
+    positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if positions and config.max_length > positions:
+        raise ConfigError(
+            f"config key 'max_length': {config.max_length} tokens, but model '{config.model}' has {positions} "
+            f"positions; use max_length <= {positions}."
+        )
+
+
 def load_inputs(config: RunConfig) -> RunInputs:
     source = resolve_model(config.model, config.trust_remote_code)
     model_config = load_config(source)
@@ -92,6 +103,7 @@ def load_inputs(config: RunConfig) -> RunInputs:
         raise ValueError(f"config key 'task': {err.args[0]}") from None
     decoder = is_decoder(model_config)
     head = choose_head(task, decoder, config.model)
+    check_max_length(config, model_config)
     tokenizer = load_tokenizer(source)
     raw = task.load(config)
     data = prepare(
@@ -144,6 +156,14 @@ def check_saved_weights(run_dir: Path) -> None:
     weights = "adapter_model.safetensors" if adapter_config.is_file() else "model.safetensors"
     if not (run_dir / weights).is_file():
         raise UnsafeRunFolderError(f"'{run_dir}' has no {weights}: it is not a finished sparselora run folder.")
+    try:
+        with safe_open(run_dir / weights, "pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors' own error type derives from Exception only
+        raise UnsafeRunFolderError(
+            f"'{run_dir / weights}' is not a readable safetensors file ({err}): it was cut short or damaged. "
+            "Copy it again from where the run was trained, or train the run again."
+        ) from None
 
 
 def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:

@@ -156,3 +156,58 @@ def test_generic_file_task_errors(tmp_path):
     wrong_column = build_config({"task": "tsv", "train_file": str(train), "eval_file": str(train)})
     with pytest.raises(DataFileError, match=r"'text'.*text_column.*sentence"):
         get_task("tsv").load(wrong_column)
+
+
+def _file_task(tmp_path, train_text: str, name: str = "train.tsv", **keys):
+    train = _write(tmp_path / name, train_text)
+    return get_task("tsv").load(
+        build_config({"task": "tsv", "train_file": str(train), "eval_file": str(train), **keys})
+    )
+
+
+def test_numeric_labels_map_in_numeric_order(tmp_path):
+    rows = "".join(f"t{i}\t{i % 12}\n" for i in range(24))
+    data = _file_task(tmp_path, "sentence\tlabel\n" + rows, text_column="sentence")
+    assert data.label_names == [str(i) for i in range(12)]
+    assert data.train["label"][:12] == list(range(12))  # label 2 is class 2, not class 4 (string order)
+
+
+def test_one_and_one_point_zero_are_one_class(tmp_path):
+    data = _file_task(tmp_path, "text\tlabel\na\t1\nb\t1.0\nc\t0\n")
+    assert data.label_names == ["0", "1"] and data.train["label"] == [1, 1, 0]
+
+
+def test_string_labels_are_sorted_and_recorded(tmp_path):
+    data = _file_task(tmp_path, "text\tlabel\na\tnot_entailment\nb\tentailment\n")
+    assert data.label_names == ["entailment", "not_entailment"] and data.train["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_label_names_file_and_row(tmp_path, empty):
+    with pytest.raises(DataFileError, match=r"train_file '.*train.tsv', data row 2: label column 'label' is empty"):
+        _file_task(tmp_path, f"text\tlabel\na\t1\nb\t{empty}\n")
+
+
+def test_label_column_cannot_be_the_text_column(tmp_path):
+    with pytest.raises(DataFileError, match="also a text column"):
+        _file_task(tmp_path, "text\tlabel\na\t1\n", label_column="text")
+
+
+def test_recorded_label_names_need_no_training_file(tmp_path):
+    evaluation = _write(tmp_path / "eval.tsv", "text\tlabel\na\tpos\nb\tneg\n")
+    config = build_config(
+        {
+            "task": "tsv",
+            "train_file": str(tmp_path / "gone.tsv"),
+            "eval_file": str(evaluation),
+            "label_names": ["neg", "pos"],
+        }
+    )
+    data = get_task("tsv").load(config)
+    assert data.eval["label"] == [1, 0] and len(data.train) == 0
+
+
+def test_default_run_names_of_file_tasks_include_the_file(tmp_path):
+    first = build_config({"task": "tsv", "train_file": "a/qnli.tsv", "eval_file": "x.tsv"})
+    second = build_config({"task": "tsv", "train_file": "b/cola.tsv", "eval_file": "x.tsv"})
+    assert first.run_name == "tsv_qnli_minilm_lora_s0" and second.run_name == "tsv_cola_minilm_lora_s0"

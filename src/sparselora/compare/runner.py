@@ -24,6 +24,7 @@ from sparselora.atomic import atomic_write_json, atomic_write_text
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
 from sparselora.config import ConfigError, build_config, config_changes
 from sparselora.locks import BUSY_EXIT_CODE, is_locked
+from sparselora.paths import check_writable_folder
 from sparselora.runs import METRICS_FILE, lock_path, read_run
 
 logger = logging.getLogger(__name__)
@@ -127,12 +128,11 @@ def _error_line(log: Path) -> str:
 def run_comparison(
     config: CompareConfig, only: dict[str, str] | None = None, progress: bool = True
 ) -> ComparisonStatus:
-    results_dir = Path(config.output_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = check_writable_folder(Path(config.output_dir), "output_dir")
+    cells = plan_cells(config, only)
+    check_not_stale(config, cells)  # before compare.yaml is rewritten: a refused run changes nothing
     atomic_write_text(results_dir / COMPARE_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     status = ComparisonStatus()
-    cells = plan_cells(config, only)
-    check_not_stale(config, cells)
     bar = tqdm(cells, desc=config.name, unit="cell", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.run_name)

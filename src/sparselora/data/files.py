@@ -74,10 +74,10 @@ def load_files(config) -> TaskData:
             f"config key 'label_column' is '{config.label_column}', which is also a text column: "
             "set label_column to the column that holds the classes."
         )
-    evaluation = _read(config.eval_file, "eval_file")
     recorded = config.label_names  # set when a saved run is evaluated: its training file is not needed
     training_file_there = config.train_file is not None and Path(config.train_file).is_file()
     train = _read(config.train_file, "train_file") if recorded is None or training_file_there else None
+    evaluation = _read(config.eval_file, "eval_file")
     keys = ["text_column", "label_column", *(["text_pair_column"] if config.text_pair_column else [])]
     columns = {getattr(config, key): f"config key '{key}'" for key in keys}
     splits = {"train_file": train, "eval_file": evaluation}

@@ -83,7 +83,7 @@ def build_adalora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         deltaT=options.delta_t,
         orth_reg_weight=options.orth_reg_weight,
         total_step=_PLACEHOLDER_TOTAL_STEPS,
-        **adapter_placement(model, options, ctx),
+        **adapter_placement(model, options, ctx, "init_r"),
     )
     peft_model = get_peft_model(model, config)
 

@@ -39,7 +39,7 @@ def build_hira(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         r=options.hira_r,
         hira_dropout=options.hira_dropout,
         fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
-        **adapter_placement(model, options, ctx),
+        **adapter_placement(model, options, ctx, "hira_r"),
     )
     peft_model = peft.get_peft_model(model, config)
     return MethodSetup(model=peft_model, report=lambda: {"adapter_params": _hira_params(peft_model)})

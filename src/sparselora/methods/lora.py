@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 from sparselora.models import UnknownArchitectureError, target_module_names
@@ -25,8 +26,17 @@ class LoraOptions(MethodOptions):
     target_modules: list[str] | str | None = Field(
         None,
         description="Modules that get adapters; default: attention query and value from the architecture map. "
-        "'all-linear' is accepted as in PEFT.",
+        "'all-linear' is accepted as in PEFT; a single name is a one-item list.",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, str) and value != "all-linear":
+            return [value]  # `target_modules: query` means the module `query`, as a user reads it
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list targets nothing: name at least one module, or omit the key")
+        return value
 
 
 class TargetModuleError(ValueError):
@@ -68,10 +78,35 @@ def fresh_modules_to_save(ctx: BuildContext) -> list[str] | None:
     return extra or None
 
 
-def adapter_placement(model: PreTrainedModel, options: MethodOptions, ctx: BuildContext) -> dict:
-    """The PEFT config fields every adapter method shares: where adapters go and what else is saved."""
+def check_rank(model: PreTrainedModel, targets: list[str] | str, rank: int, key: str) -> None:
+    """A rank above a projection's smaller side adds parameters and no expressiveness (and 1e6 exhausts memory)."""
+    sizes = [
+        (
+            name,
+            min(module.in_features, module.out_features) if isinstance(module, nn.Linear) else min(module.weight.shape),
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)  # bitsandbytes' 4-bit layers are nn.Linear with packed weights
+        and (targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets))
+    ]
+    if sizes:
+        name, smallest = min(sizes, key=lambda item: item[1])
+        if rank > smallest:
+            raise TargetModuleError(
+                f"config key '{key}': rank {rank} is larger than the smaller side ({smallest}) of the targeted "
+                f"projection '{name}'; use {key} <= {smallest}."
+            )
+
+
+def adapter_placement(model: PreTrainedModel, options: MethodOptions, ctx: BuildContext, rank_key: str) -> dict:
+    """The PEFT config fields every adapter method shares: where adapters go and what else is saved.
+
+    ``rank_key`` names the option holding the adapter rank, checked against the targeted projections.
+    """
+    targets = resolve_targets(model, options, ctx)
+    check_rank(model, targets, getattr(options, rank_key), rank_key)
     return {
-        "target_modules": resolve_targets(model, options, ctx),
+        "target_modules": targets,
         "task_type": PEFT_TASK_TYPES[ctx.head],
         "modules_to_save": fresh_modules_to_save(ctx),
     }
@@ -84,7 +119,7 @@ def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
         fan_in_fan_out=bool(ctx.arch and ctx.arch.conv1d),
-        **adapter_placement(model, options, ctx),
+        **adapter_placement(model, options, ctx, "lora_r"),
         **extra,
     )
 
