@@ -146,7 +146,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in issue["loc"]) or "(config)"
         given = issue.get("input")
         lines.append(f"  {key}: {issue['msg']} (got {given!r})")
-    return f"invalid config {source}:\n" + "\n".join(lines)
+    return f"invalid config {source}".rstrip() + ":\n" + "\n".join(lines)
 
 
 def build_config(raw: dict[str, Any], source: str = "") -> RunConfig:

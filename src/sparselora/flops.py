@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -245,34 +246,29 @@ def _model_shape(model: str) -> tuple[ModelShape, ArchSpec]:
     return ModelShape.from_config(model_config, arch), arch
 
 
+def uniform_lora(rank_key: str = "lora_r") -> Callable[[dict[str, Any], int, dict[str, Any]], dict[str, Any]]:
+    """A method's ``flops_setup``: one adapter rank, read from ``rank_key``, in every layer."""
+
+    def setup(config: dict[str, Any], layers: int, _method_report: dict[str, Any]) -> dict[str, Any]:
+        return {"lora_ranks": dict.fromkeys(range(layers), int(config[rank_key]))}
+
+    return setup
+
+
 def setup_from_run_config(
     config: dict[str, Any], shape: ModelShape, arch: ArchSpec, method_report: dict[str, Any]
 ) -> TrainingSetup:
-    """The FLOPs view of a run config: which layers have which rank, what is sparse."""
-    from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
+    """The FLOPs view of a run config: which layers have which rank, what is sparse (the method says)."""
+    from sparselora.methods import get_method
 
-    method = config["method"]
-    rank = config.get("lora_r") or config.get("init_r") or config.get("hira_r") or 8
-    ranks = {layer: rank for layer in range(shape.layers)}
-    if "ranks" in method_report and method == "layerlens":
-        ranks = {int(layer): int(r) for layer, r in method_report["ranks"].items()}
-    roles = _roles(config.get("target_modules"), arch)
+    method_setup = get_method(config["method"]).flops_setup or uniform_lora()
     setup: dict[str, Any] = {
         "head": _head_kind(config, arch),
         "seq_len": config.get("max_length", 128),
         "batch_size": config.get("batch_size", 1),
-        "full_finetune": method == "full",
-        "lora_roles": roles,
-        "lora_ranks": {} if method == "full" else ranks,
+        "lora_roles": _roles(config.get("target_modules"), arch),
+        **method_setup(config, shape.layers, method_report),
     }
-    if method == "sparselora":
-        sparse = SparseLoRAConfig(**{k: config[k] for k in SparseLoRAConfig.model_fields if k in config})
-        setup |= {
-            "ffn_sparsity": layer_schedule(sparse, shape.layers, "mlp"),
-            "attn_sparsity": layer_schedule(sparse, shape.layers, "attn"),
-            "svd_rank": sparse.svd_rank,
-            "estimator_tokens": sparse.estimator_tokens,
-        }
     return TrainingSetup(**setup)
 
 

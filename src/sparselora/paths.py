@@ -23,7 +23,7 @@ def check_folder_name(value: str, key: str) -> str:
     elif "/" in value or "\\" in value or os.path.isabs(value):
         problem = "contains a path separator"
     elif value in (".", ".."):
-        problem = "is a relative path"
+        problem = "names the current or the parent folder, not a folder of its own"
     elif value.startswith("."):
         problem = "starts with '.' (hidden names are kept for the run folder's own files)"
     elif any(ord(ch) < 32 or ord(ch) == 127 for ch in value):

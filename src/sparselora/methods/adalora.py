@@ -13,7 +13,8 @@ from pydantic import Field, model_validator
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
-from sparselora.methods.lora import LoraOptions, adapter_placement
+from sparselora.flops import uniform_lora
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_placement
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 
 _PLACEHOLDER_TOTAL_STEPS = 1_000  # replaced by the real step count when training starts
@@ -100,5 +101,13 @@ register(
         summary="AdaLoRA: adaptive rank budget (PEFT AdaLoraConfig, update_and_allocate every step)",
         options=AdaLoraOptions,
         build=build_adalora,
+        flops_setup=uniform_lora("init_r"),
+        citations=(
+            LORA_CITATION,
+            "Zhang et al., *AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning*, ICLR 2023.",
+        ),
+        card_adapter_rows=lambda adapter: {
+            "Rank r": f"{adapter.get('init_r')} at start → {adapter.get('target_r')} on average (budget reallocated)"
+        },
     )
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from peft import get_peft_model
 from transformers import PreTrainedModel
 
-from sparselora.methods.lora import LoraOptions, adapter_report, lora_config
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 
@@ -17,6 +17,10 @@ def build_dora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
 
 register(
     MethodSpec(
-        name="dora", summary="DoRA: weight-decomposed LoRA (PEFT use_dora)", options=LoraOptions, build=build_dora
+        name="dora",
+        summary="DoRA: weight-decomposed LoRA (PEFT use_dora)",
+        options=LoraOptions,
+        build=build_dora,
+        citations=(LORA_CITATION, "Liu et al., *DoRA: Weight-Decomposed Low-Rank Adaptation*, ICML 2024."),
     )
 )

@@ -13,5 +13,11 @@ def build_full(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
 
 
 register(
-    MethodSpec(name="full", summary="full fine-tuning, all weights train", options=MethodOptions, build=build_full)
+    MethodSpec(
+        name="full",
+        summary="full fine-tuning, all weights train",
+        options=MethodOptions,
+        build=build_full,
+        flops_setup=lambda _config, _layers, _report: {"full_finetune": True, "lora_ranks": {}},
+    )
 )

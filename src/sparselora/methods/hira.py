@@ -9,6 +9,7 @@ import peft
 from pydantic import Field
 from transformers import PreTrainedModel
 
+from sparselora.flops import uniform_lora
 from sparselora.methods.lora import LoraOptions, adapter_placement
 from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
 
@@ -55,5 +56,8 @@ register(
         summary="HiRA: Hadamard high-rank adaptation W₀ ⊙ BA (PEFT HiraConfig)",
         options=HiraOptions,
         build=build_hira,
+        flops_setup=uniform_lora("hira_r"),
+        citations=("Huang et al., *HiRA: Parameter-Efficient Hadamard High-Rank Adaptation*, ICLR 2025.",),
+        card_adapter_rows=lambda adapter: {"Dropout": adapter.get("hira_dropout", "–")},
     )
 )

@@ -19,7 +19,8 @@ from pydantic import Field
 from transformers import PreTrainedModel
 
 from sparselora.atomic import atomic_write_json
-from sparselora.methods.lora import LoraOptions, adapter_report, lora_config
+from sparselora.flops import uniform_lora
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 from sparselora.models import ArchSpec, iter_projections
 
@@ -124,6 +125,13 @@ def _is_target(name: str, config: LoraConfig) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def layerlens_flops(config: dict[str, Any], layers: int, method_report: dict[str, Any]) -> dict[str, Any]:
+    """The ranks a finished run chose (its report); before training, `lora_r` everywhere."""
+    if "ranks" in method_report:
+        return {"lora_ranks": {int(layer): int(rank) for layer, rank in method_report["ranks"].items()}}
+    return uniform_lora()(config, layers, method_report)
+
+
 def write_lens_outputs(scores: LayerScores, ranks: dict[int, int], budget: int, folder: Path, title: str) -> None:
     from sparselora.report.plots import plot_layer_scores
 
@@ -139,5 +147,7 @@ register(
         summary="LayerLens: score layers on calibration batches, LoRA only on the best layers under a budget",
         options=LayerLensOptions,
         build=build_layerlens,
+        flops_setup=layerlens_flops,
+        citations=(LORA_CITATION,),
     )
 )

@@ -130,7 +130,17 @@ def build_lora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     return MethodSetup(model=peft_model, report=lambda: adapter_report(peft_model))
 
 
-register(MethodSpec(name="lora", summary="LoRA adapters (PEFT), base frozen", options=LoraOptions, build=build_lora))
+LORA_CITATION = "Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022."
+
+register(
+    MethodSpec(
+        name="lora",
+        summary="LoRA adapters (PEFT), base frozen",
+        options=LoraOptions,
+        build=build_lora,
+        citations=(LORA_CITATION,),
+    )
+)
 
 
 def lora_weights(model: nn.Module) -> list[torch.Tensor]:

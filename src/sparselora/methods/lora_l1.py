@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
-from sparselora.methods.lora import LoraOptions, adapter_report, lora_config, lora_weights
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config, lora_weights
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 
@@ -51,6 +51,10 @@ def build_lora_l1(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
 
 register(
     MethodSpec(
-        name="lora_l1", summary="LoRA + L1 proximal step: exact zeros", options=LoraL1Options, build=build_lora_l1
+        name="lora_l1",
+        summary="LoRA + L1 proximal step: exact zeros",
+        options=LoraL1Options,
+        build=build_lora_l1,
+        citations=(LORA_CITATION,),
     )
 )

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
-from sparselora.methods.lora import LoraOptions, adapter_report, lora_config, lora_weights
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config, lora_weights
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 Structure = Literal["unstructured", "rank", "column"]
@@ -217,5 +217,6 @@ register(
         summary="LoRA, then pruning of the adapter (weights, rank components or columns; optional recovery)",
         options=LoraPruneOptions,
         build=build_lora_prune,
+        citations=(LORA_CITATION,),
     )
 )

@@ -17,7 +17,7 @@ from peft import get_peft_model
 from pydantic import Field
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from sparselora.methods.lora import LoraOptions, adapter_report, lora_config
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 # Heads and poolers that must not be quantised, across the supported architectures. transformers
@@ -99,5 +99,11 @@ register(
         build=build_qlora,
         load_kwargs=quantization_kwargs,
         prepare_base=keep_training_kernel,
+        citations=(LORA_CITATION, "Dettmers et al., *QLoRA: Efficient Finetuning of Quantized LLMs*, NeurIPS 2023."),
+        card_notes=lambda _config: [
+            "The adapter was trained on a base model loaded in 4-bit NF4 (bitsandbytes); load the base with "
+            "the same `quantization_config` (see `sparselora.methods.qlora.quantization_kwargs`) to reproduce "
+            "the metrics exactly."
+        ],
     )
 )

@@ -1,15 +1,21 @@
-"""The method registry: every fine-tuning method is a name, an options model and a build function.
+"""The method registry: every fine-tuning method is one record, like PEFT's registration of a tuner.
 
 ``build`` receives the loaded base model and returns a :class:`MethodSetup`: the model to
 train plus any ``TrainerCallback`` the method needs (schedules, proximal steps, rank
-reallocation). The training loop knows nothing else about methods, so adding one is one
-file and one ``register`` call.
+reallocation). Everything else a method changes — how the base loads, its FLOPs, its model-card
+citation and notes — is a field of its :class:`MethodSpec`, so training, evaluation, ``flops``,
+``compare`` and the model card know nothing method-specific, and a method is one file and one
+``register`` call. Methods outside this package register the same way: list their modules in
+``SPARSELORA_METHODS`` (comma-separated) or under the ``sparselora.methods`` entry-point group.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +69,13 @@ class MethodSpec:
     load_kwargs: Callable[[Any], dict[str, Any]] | None = None
     # adjusts the loaded base model before anything runs on it (QLoRA: keep one 4-bit kernel), also on reload
     prepare_base: Callable[[PreTrainedModel], None] | None = None
+    # the FLOPs calculator's view of a run: TrainingSetup fields (lora_ranks, full_finetune, sparsity), given
+    # the flat run config, the model's layer count and the run's method report; default: LoRA at `lora_r`
+    flops_setup: Callable[[dict[str, Any], int, dict[str, Any]], dict[str, Any]] | None = None
+    # the model card: papers to cite, extra paragraphs, and rows of its adapter table that differ from LoRA's
+    citations: tuple[str, ...] = ()
+    card_notes: Callable[[RunConfig], list[str]] | None = None
+    card_adapter_rows: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -75,9 +88,26 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+PLUGINS_ENV = "SPARSELORA_METHODS"
+ENTRY_POINT_GROUP = "sparselora.methods"
+_plugins_loaded = False
+
+
 def _ensure_builtin_methods() -> None:
-    # Importing the package registers the built-in methods (each module calls `register`).
+    """Importing the package registers the built-in methods (each module calls `register`); then plugins."""
+    global _plugins_loaded
     import sparselora.methods  # noqa: F401
+
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    modules = [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+    modules += [entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f"method module '{module}' (from ${PLUGINS_ENV} or entry points) failed: {err}") from err
 
 
 def get_method(name: str) -> MethodSpec:

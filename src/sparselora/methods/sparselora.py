@@ -7,12 +7,15 @@ computes, not what is learned or stored.
 
 from __future__ import annotations
 
+from typing import Any
+
 from peft import get_peft_model
 from transformers import PreTrainedModel
 
-from sparselora.methods.lora import LoraOptions, lora_config
+from sparselora.flops import uniform_lora
+from sparselora.methods.lora import LORA_CITATION, LoraOptions, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
-from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.engine import apply_sparselora
 
 
@@ -33,11 +36,28 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
 
 
+def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[str, Any]) -> dict[str, Any]:
+    """LoRA ranks plus each layer's FFN/attention sparsity and the estimator's size."""
+    sparse = SparseLoRAConfig(**{key: config[key] for key in SparseLoRAConfig.model_fields if key in config})
+    return {
+        **uniform_lora()(config, layers, method_report),
+        "ffn_sparsity": layer_schedule(sparse, layers, "mlp"),
+        "attn_sparsity": layer_schedule(sparse, layers, "attn"),
+        "svd_rank": sparse.svd_rank,
+        "estimator_tokens": sparse.estimator_tokens,
+    }
+
+
 register(
     MethodSpec(
         name="sparselora",
         summary="LoRA + SVD-estimated contextual sparsity of the frozen FFN and attention",
         options=SparseLoRAOptions,
         build=build_sparselora,
+        flops_setup=sparselora_flops,
+        citations=(
+            LORA_CITATION,
+            "Khaki et al., *SparseLoRA: Accelerating LLM Fine-Tuning with Contextual Sparsity*, ICML 2025.",
+        ),
     )
 )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sparselora.atomic import atomic_write_text
+from sparselora.methods import MethodSpec, get_method
 from sparselora.models import hub_id
 
 if TYPE_CHECKING:
@@ -25,10 +26,6 @@ _AUTO_CLASS = {
     "sequence_classification": "AutoModelForSequenceClassification",
     "causal_lm": "AutoModelForCausalLM",
     "masked_lm": "AutoModelForMaskedLM",
-}
-_CITATIONS = {
-    "lora": "Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022.",
-    "sparselora": "Khaki et al., *SparseLoRA: Accelerating LLM Fine-Tuning with Contextual Sparsity*, ICML 2025.",
 }
 
 
@@ -54,26 +51,26 @@ def _front_matter(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapte
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n"
 
 
-def _adapter_section(run_dir: Path) -> list[str]:
+def _adapter_section(run_dir: Path, spec: MethodSpec) -> list[str]:
+    """The adapter as PEFT saved it; a method's ``card_adapter_rows`` replaces rows that read differently."""
     adapter = json.loads((run_dir / "adapter_config.json").read_text())
     targets = adapter.get("target_modules")
     targets = sorted(targets) if isinstance(targets, list) else targets
     rank = adapter.get("r")
-    if adapter.get("peft_type") == "ADALORA":
-        rank = f"{adapter.get('init_r')} at start → {adapter.get('target_r')} on average (budget reallocated)"
-    elif adapter.get("rank_pattern"):
+    if adapter.get("rank_pattern"):
         pattern = adapter["rank_pattern"]
         rank = "per module: " + ", ".join(f"`{name}` {r}" for name, r in sorted(pattern.items()))
-    rows = [
-        ("PEFT type", adapter.get("peft_type")),
-        ("Task type", adapter.get("task_type") or "none (generic PeftModel)"),
-        ("Rank r", rank),
-        ("Alpha", adapter.get("lora_alpha", "–")),
-        ("Dropout", adapter.get("lora_dropout", adapter.get("hira_dropout", "–"))),
-        ("Target modules", ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"),
-        ("Also trained and saved", ", ".join(f"`{m}`" for m in adapter.get("modules_to_save") or []) or "nothing else"),
-    ]
-    return ["### Adapter", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    rows = {
+        "PEFT type": adapter.get("peft_type"),
+        "Task type": adapter.get("task_type") or "none (generic PeftModel)",
+        "Rank r": rank,
+        "Alpha": adapter.get("lora_alpha", "–"),
+        "Dropout": adapter.get("lora_dropout", "–"),
+        "Target modules": ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`",
+        "Also trained and saved": ", ".join(f"`{m}`" for m in adapter.get("modules_to_save") or []) or "nothing else",
+    }
+    rows |= spec.card_adapter_rows(adapter) if spec.card_adapter_rows else {}
+    return ["### Adapter", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows.items()], ""]
 
 
 def _id2label(inputs: RunInputs) -> dict[int, str]:
@@ -89,6 +86,7 @@ def _labels_section(inputs: RunInputs) -> list[str]:
 
 
 def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metrics: dict) -> None:
+    spec = get_method(config.method)
     is_adapter = (run_dir / "adapter_config.json").is_file()
     base = hub_id(inputs.source)
     params, train, inference, memory = metrics["params"], metrics["train"], metrics["inference"], metrics["memory"]
@@ -112,7 +110,7 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         f"warm-up {config.warmup_steps or config.warmup_ratio}, max length {config.max_length}, seed {config.seed}",
         "- Optimiser: AdamW (HF Trainer default)",
         "",
-        *(_adapter_section(run_dir) if is_adapter else []),
+        *(_adapter_section(run_dir, spec) if is_adapter else []),
         f"## Results ({inputs.task.eval_split} split, {inference['eval_examples']:,} examples)",
         "",
         "| metric | value |",
@@ -152,29 +150,13 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         ),
         "```",
         "",
-        *(
-            [
-                "The adapter was trained on a base model loaded in 4-bit NF4 (bitsandbytes); load the base with "
-                "the same `quantization_config` (see `sparselora.methods.qlora.quantization_kwargs`) to reproduce "
-                "the metrics exactly.",
-                "",
-            ]
-            if config.method == "qlora"
-            else []
-        ),
+        *[line for note in (spec.card_notes(config) if spec.card_notes else []) for line in (note, "")],
         f"Re-evaluate with `sparselora eval {Path(config.output_dir) / config.run_name}`.",
         "",
         "## Framework versions",
         "",
         *[f"- {name} {ver}" for name, ver in metrics["environment"]["versions"].items() if ver],
         "",
-        "## Citation",
-        "",
-        *[
-            f"- {text}"
-            for name, text in _CITATIONS.items()
-            if name in (config.method, "lora") and (is_adapter or name != "lora")
-        ],
-        "",
+        *(["## Citation", "", *[f"- {text}" for text in spec.citations], ""] if spec.citations else []),
     ]
     atomic_write_text(run_dir / "README.md", "\n".join(lines))
