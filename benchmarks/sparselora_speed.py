@@ -134,7 +134,7 @@ def _instrument_estimator(engine: SparseLoRAEngine, device: torch.device) -> tup
 def config_case(config_path: str, overrides: list[str], device: torch.device) -> Case:
     """A run config's model and real training batches; dense and sparse are two copies of one init."""
     from sparselora.config import build_config, load_config
-    from sparselora.methods import BuildContext, get_method
+    from sparselora.methods import get_method
     from sparselora.pipeline import load_inputs
 
     config = load_config(config_path, [*overrides, "progress=false"])
@@ -143,16 +143,11 @@ def config_case(config_path: str, overrides: list[str], device: torch.device) ->
     set_seed(config.seed)
     inputs = load_inputs(config)
     base, new_modules = inputs.load_base_model()
-    context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
     lora_config = build_config(
         {k: v for k, v in config.to_flat_dict().items() if k in _lora_keys()} | {"method": "lora"}
     )
-    dense = (
-        get_method("lora")
-        .build(copy.deepcopy(base), BuildContext(lora_config, inputs.arch, inputs.head, context.new_modules))
-        .model
-    )
-    sparse_setup = get_method("sparselora").build(base, context)
+    dense = get_method("lora").build(copy.deepcopy(base), inputs.build_context(new_modules, lora_config)).model
+    sparse_setup = get_method("sparselora").build(base, inputs.build_context(new_modules))
     sparse_setup.model.load_state_dict(dense.state_dict())  # identical LoRA init and head
     loader = inputs.train_loader()
 
@@ -163,7 +158,7 @@ def config_case(config_path: str, overrides: list[str], device: torch.device) ->
 
     return Case(
         models={"lora": dense.to(device), "sparselora": sparse_setup.model.to(device)},
-        engine=sparse_setup.callbacks[0].engine,
+        engine=sparse_setup.engine,
         batches=batches(),
         learning_rate=config.learning_rate,
         description={

@@ -30,7 +30,7 @@ def _model(family: str):
         )
         model = BertForSequenceClassification(config)
         batch = {"input_ids": torch.randint(0, 100, (BATCH, SEQ)), "labels": torch.randint(0, 2, (BATCH,))}
-        return model, config, batch, "classifier", ["query", "value"], "SEQ_CLS"
+        return model, config, batch, "sequence_classification", ["query", "value"], "SEQ_CLS"
     config = LlamaConfig(
         vocab_size=100,
         hidden_size=128,

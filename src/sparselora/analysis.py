@@ -12,7 +12,6 @@ from torch import nn
 from transformers import set_seed
 
 from sparselora.config import RunConfig
-from sparselora.methods import BuildContext, get_method
 from sparselora.pipeline import load_inputs
 from sparselora.sparse.engine import SparseLoRAEngine
 
@@ -29,10 +28,8 @@ def open_session(config: RunConfig, num_batches: int) -> SparseSession:
         raise ValueError(f"config key 'method' must be 'sparselora' for this command, got '{config.method}'")
     set_seed(config.seed)
     inputs = load_inputs(config)
-    base, new_modules = inputs.load_base_model()
-    context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
-    setup = get_method("sparselora").build(base, context)
-    engine: SparseLoRAEngine = setup.callbacks[0].engine
+    setup = inputs.build_method()
+    engine: SparseLoRAEngine = setup.engine
     batches = inputs.first_batches(num_batches)
     engine.calibrate_outliers(setup.model, batches[: config.method_options.calibration_steps])
     return SparseSession(model=setup.model, engine=engine, batches=batches)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -98,7 +97,9 @@ def _metrics_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 
 def print_run_summary(run_dir: Path) -> None:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from sparselora.runs import read_run
+
+    _, metrics = read_run(run_dir)
     rows = [(k, f"{v:.4f}") for k, v in metrics["task_metrics"].items()]
     params, train, inference, memory = metrics["params"], metrics["train"], metrics["inference"], metrics["memory"]
     rows += [
@@ -188,15 +189,16 @@ def svd_build(
     force: Annotated[bool, typer.Option(help="Rebuild even if a cache file exists.")] = False,
 ) -> None:
     """Compute the rank-r SVD factors of every FFN up/gate and attention q/k/v projection once, and cache them."""
+    from transformers import AutoModel
+
     from sparselora.models import get_arch, load_config, resolve_model
-    from sparselora.models.loading import HEAD_CLASSES
     from sparselora.sparse.svd import default_cache_path, get_factors
 
     if out is not None:
         check_output_file(out, "--out")
     source = resolve_model(model)
     spec = get_arch(load_config(source).model_type)
-    weights = HEAD_CLASSES["causal_lm" if spec.kind == "decoder" else "masked_lm"].from_pretrained(source.path)
+    weights = AutoModel.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)  # no head needed
     path = out or default_cache_path(model, rank)
     factors, stats = get_factors(weights, spec, rank, path, force=force)
     verb = "loaded from cache" if stats["cached"] else f"built in {stats['seconds']:.1f} s"
@@ -355,7 +357,7 @@ def flops(
 ) -> None:
     """Per-token FLOPs of the forward pass and the training step, per layer, dense vs sparse (1 MAC = 2 FLOPs)."""
     from sparselora.config import load_config
-    from sparselora.flops import config_flops
+    from sparselora.flops import config_flops, flops_payload
 
     if json_out is not None:
         check_output_file(json_out, "--json")
@@ -384,17 +386,7 @@ def flops(
             f"(ratio {ratio:.3f}, {1 / ratio:.2f}× fewer)"
         )
     if json_out is not None:
-        payload = {
-            "convention": "matmul FLOPs only, 1 multiply-add = 2 FLOPs, per token",
-            "model": run.model,
-            "method": run.method,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "dense": {"layers": [vars(layer) for layer in dense.layers], "head": vars(dense.head)},
-            "sparse": {"layers": [vars(layer) for layer in sparse.layers], "head": vars(sparse.head)},
-            "totals": {k: {"dense": dense.total(k), "sparse": sparse.total(k)} for k in ("forward", "train")},
-        }
-        atomic_write_json(json_out, payload)
+        atomic_write_json(json_out, flops_payload(run.model, run.method, seq_len, batch_size, sparse, dense))
         console.print(f"written to {json_out}")
 
 
@@ -414,42 +406,15 @@ def study_svd_vs_random(
     data_dir: DataDirOption = None,
 ) -> None:
     """Run phase A (synthetic), B (real weights, real predictor) and/or C (prune → fine-tune), then the report."""
-    import dataclasses
     import os
 
-    from sparselora.study.finetune import FinetunePlan, run_phase_c
-    from sparselora.study.report import write_report
-    from sparselora.study.synthetic import SyntheticPlan, run_phase_a
-    from sparselora.study.weights import WeightsPlan, run_phase_b
+    from sparselora.study.run import PHASES, run_study
 
-    phases = {"a", "b", "c"} if phase == "all" else {phase.lower()}
-    if not phases <= {"a", "b", "c"}:
-        raise typer.BadParameter(f"must be a, b, c or all, got '{phase}'", param_hint="--phase")
     if data_dir is not None:
         os.environ["SPARSELORA_DATA_DIR"] = str(data_dir)
-    synthetic = SyntheticPlan.quick() if quick else SyntheticPlan()
-    default_models = ("minilm",) if quick else ("minilm", "smollm2")
-    weights = WeightsPlan(
-        models=tuple(models.split(",")) if models else default_models,
-        **({"analysis_batches": 1, "random_draws": 10} if quick else {}),
-    )
-    finetune = FinetunePlan.quick(finetune_model) if quick else FinetunePlan(model=finetune_model)
-    check_writable_folder(out, "--out")
-    plan = {"quick": quick}
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        plan = json.loads(plan_path.read_text()) | plan
-    for name, value in (("a", synthetic), ("b", weights), ("c", finetune)):
-        if name in phases:
-            plan[f"phase_{name}"] = dataclasses.asdict(value)
-    atomic_write_json(plan_path, plan)
-    if "a" in phases:
-        run_phase_a(out, synthetic)
-    if "b" in phases:
-        run_phase_b(out, weights)
-    if "c" in phases:
-        run_phase_c(out, finetune)
-    console.print(f"report: {write_report(out)}")
+    phases = set(PHASES) if phase == "all" else {phase.lower()}
+    report_path = run_study(out, phases, quick, tuple(models.split(",")) if models else None, finetune_model)
+    console.print(f"report: {report_path}")
 
 
 @study_app.command("report")
@@ -474,8 +439,8 @@ def lens(
     from transformers import set_seed
 
     from sparselora.config import build_config, parse_overrides
-    from sparselora.methods import BuildContext
-    from sparselora.methods.layerlens import allocate_ranks, score_layers, write_lens_outputs
+    from sparselora.methods.layerlens import lens as run_lens
+    from sparselora.methods.layerlens import write_lens_outputs
     from sparselora.pipeline import load_inputs
 
     raw = {"model": model, "task": task, "method": "layerlens", **parse_overrides(overrides or [])}
@@ -485,12 +450,8 @@ def lens(
     set_seed(config.seed)
     inputs = load_inputs(config)
     base, new_modules = inputs.load_base_model()
-    options = config.method_options
-    context = BuildContext(config=config, arch=inputs.arch, head=inputs.head, new_modules=tuple(new_modules))
-    batches = inputs.first_batches(options.lens_batches)
-    scores = score_layers(base, batches, inputs.arch, options, context)
-    budget = int(options.trainable_budget * sum(p.numel() for p in base.parameters()))
-    ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)
+    result = run_lens(base, inputs.build_context(new_modules))
+    scores, ranks, budget = result.scores, result.ranks, result.budget
     table = Table(title=f"LayerLens: {model} / {task} (budget {budget:,} adapter params)")
     for column in ("layer", "score", "share", "params per rank", "rank"):
         table.add_column(column, justify="right")

@@ -25,8 +25,7 @@ from typing import Any, Literal
 from transformers import PretrainedConfig
 
 from sparselora.models import ArchSpec
-
-Head = Literal["classifier", "causal_lm", "masked_lm"]
+from sparselora.models.loading import Head, head_for
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class TrainingSetup:
 
     seq_len: int
     batch_size: int = 1
-    head: Head = "classifier"
+    head: Head = "sequence_classification"
     num_labels: int = 2
     full_finetune: bool = False
     lora_roles: tuple[str, ...] = ("q", "v")
@@ -199,7 +198,7 @@ def _attention_backward(setup: TrainingSetup, layer: int, first_grad_layer: int,
 def _head_flops(shape: ModelShape, setup: TrainingSetup) -> LayerFlops:
     head = LayerFlops()
     d = shape.hidden
-    if setup.head == "classifier":
+    if setup.head == "sequence_classification":
         pooler = 2 * d * d / setup.seq_len  # on the first token of each sequence only
         classifier = 2 * d * setup.num_labels / setup.seq_len
         head.add("head", pooler + classifier, pooler * (1 + setup.full_finetune) + 2 * classifier)
@@ -246,6 +245,22 @@ def _model_shape(model: str) -> tuple[ModelShape, ArchSpec]:
     return ModelShape.from_config(model_config, arch), arch
 
 
+def flops_payload(
+    model: str, method: str, seq_len: int, batch_size: int, sparse: FlopsReport, dense: FlopsReport
+) -> dict[str, Any]:
+    """`sparselora flops --json`: per-layer numbers of both reports and their totals."""
+    return {
+        "convention": "matmul FLOPs only, 1 multiply-add = 2 FLOPs, per token",
+        "model": model,
+        "method": method,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "dense": {"layers": [vars(layer) for layer in dense.layers], "head": vars(dense.head)},
+        "sparse": {"layers": [vars(layer) for layer in sparse.layers], "head": vars(sparse.head)},
+        "totals": {k: {"dense": dense.total(k), "sparse": sparse.total(k)} for k in ("forward", "train")},
+    }
+
+
 def uniform_lora(rank_key: str = "lora_r") -> Callable[[dict[str, Any], int, dict[str, Any]], dict[str, Any]]:
     """A method's ``flops_setup``: one adapter rank, read from ``rank_key``, in every layer."""
 
@@ -275,10 +290,7 @@ def setup_from_run_config(
 def _head_kind(config: dict[str, Any], arch: ArchSpec) -> Head:
     from sparselora.data import get_task
 
-    kind = get_task(config.get("task", "sst2")).kind
-    if kind == "classification":
-        return "classifier"
-    return "causal_lm" if arch.kind == "decoder" else "masked_lm"
+    return head_for(get_task(config.get("task", "sst2")).kind, arch.kind == "decoder", config.get("model", ""))
 
 
 def _roles(target_modules: Any, arch: ArchSpec) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparselora.config import ConfigError, RunConfig
 from sparselora.data import TaskSpec, get_task
 from sparselora.data.preprocess import Prepared, prepare
-from sparselora.methods import get_method
+from sparselora.methods import BuildContext, MethodSetup, get_method
 from sparselora.models import (
     ArchSpec,
     ModelSource,
@@ -27,11 +27,7 @@ from sparselora.models import (
     load_tokenizer,
     resolve_model,
 )
-from sparselora.models.loading import HEAD_CLASSES, Head
-
-
-class TaskModelMismatchError(ValueError):
-    """The task cannot run on this kind of model (e.g. GSM8K generation on an encoder)."""
+from sparselora.models.loading import HEAD_CLASSES, Head, head_for
 
 
 @dataclass
@@ -46,6 +42,21 @@ class RunInputs:
     num_labels: int | None
     label_names: list[str]
     data: Prepared
+
+    def build_context(self, new_modules: list[str] | tuple[str, ...], config: RunConfig | None = None) -> BuildContext:
+        """What a method's ``build`` learns about the run (``config``: another method's keys on the same inputs)."""
+        return BuildContext(
+            config=config or self.config,
+            arch=self.arch,
+            head=self.head,
+            new_modules=tuple(new_modules),
+            calibration_batches=self.first_batches,
+        )
+
+    def build_method(self) -> MethodSetup:
+        """The run's base model, built into what its method trains (adapters, callbacks, engine)."""
+        base, new_modules = self.load_base_model()
+        return get_method(self.config.method).build(base, self.build_context(new_modules))
 
     def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
         """The base model as the run's method wants it loaded (QLoRA: 4-bit)."""
@@ -73,17 +84,6 @@ class RunInputs:
         return list(itertools.islice(self.train_loader(), n))
 
 
-def choose_head(task: TaskSpec, decoder: bool, model_name: str) -> Head:
-    if task.kind == "classification":
-        return "sequence_classification"
-    if task.kind == "generation" and not decoder:
-        raise TaskModelMismatchError(
-            f"task '{task.name}' generates text and needs a decoder model; '{model_name}' is an encoder. "
-            "Use `model: smollm2` or another causal LM."
-        )
-    return "causal_lm" if decoder else "masked_lm"
-
-
 def check_max_length(config: RunConfig, model_config) -> None:
     """Longer inputs than the model has positions for fail deep in the model with a tensor-size mismatch."""
     positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
@@ -102,7 +102,7 @@ def load_inputs(config: RunConfig) -> RunInputs:
     except KeyError as err:
         raise ValueError(f"config key 'task': {err.args[0]}") from None
     decoder = is_decoder(model_config)
-    head = choose_head(task, decoder, config.model)
+    head = head_for(task.kind, decoder, config.model)
     check_max_length(config, model_config)
     tokenizer = load_tokenizer(source)
     raw = task.load(config)

@@ -27,7 +27,6 @@ from sparselora.environment import describe_environment
 from sparselora.evaluate import EvalResult, evaluate
 from sparselora.locks import exclusive_lock
 from sparselora.measure import PeakMemory, StepTimer
-from sparselora.methods import BuildContext, get_method
 from sparselora.params import count_parameters
 from sparselora.paths import check_writable_folder
 from sparselora.pipeline import RunInputs, load_inputs
@@ -236,15 +235,7 @@ def _train_and_publish(
     resumed_from_step = checkpoint_step(checkpoint) if checkpoint else None  # read now: rotation deletes it
     if checkpoint is not None and is_main:
         logger.info("resuming %s from %s", config.run_name, checkpoint)
-    base, new_modules = inputs.load_base_model()
-    context = BuildContext(
-        config=config,
-        arch=inputs.arch,
-        head=inputs.head,
-        new_modules=tuple(new_modules),
-        calibration_batches=inputs.first_batches,
-    )
-    setup = get_method(config.method).build(base, context)
+    setup = inputs.build_method()
 
     timer = StepTimer(work / TRAIN_LOG_FILE, config.timing_warmup_steps)
     guard = NonFiniteGuard(setup.model)

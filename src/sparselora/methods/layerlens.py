@@ -96,12 +96,30 @@ def lens_model_scores(model: PreTrainedModel, ctx: BuildContext, options: LayerL
     return score_layers(model, ctx.calibration_batches(options.lens_batches), ctx.arch, options, ctx)
 
 
+def adapter_budget(model: PreTrainedModel, options: LayerLensOptions) -> int:
+    """Adapter parameters allowed: ``trainable_budget`` of the base model's parameters."""
+    return int(options.trainable_budget * sum(p.numel() for p in model.parameters()))
+
+
+@dataclass
+class LensResult:
+    scores: LayerScores
+    ranks: dict[int, int]
+    budget: int
+
+
+def lens(model: PreTrainedModel, ctx: BuildContext) -> LensResult:
+    """Score every layer on the run's calibration batches and allocate the budget: what the method trains."""
+    options: LayerLensOptions = ctx.config.method_options  # type: ignore[assignment]
+    budget = adapter_budget(model, options)
+    scores = lens_model_scores(model, ctx, options)
+    return LensResult(scores, allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank), budget)
+
+
 def build_layerlens(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     options: LayerLensOptions = ctx.config.method_options  # type: ignore[assignment]
-    base_params = sum(p.numel() for p in model.parameters())
-    budget = int(options.trainable_budget * base_params)
-    scores = lens_model_scores(model, ctx, options)
-    ranks = allocate_ranks(scores, budget, options.lora_r, options.lens_min_rank)
+    result = lens(model, ctx)
+    scores, ranks, budget = result.scores, result.ranks, result.budget
     config = lora_config(model, options, ctx)
     chosen = [p for p in iter_projections(model, ctx.arch) if p.layer in ranks and _is_target(p.name, config)]
     config.target_modules = [p.name for p in chosen]

@@ -56,6 +56,8 @@ class MethodSetup:
     report: Callable[[], dict[str, Any]] | None = None
     # extra files for the run folder (e.g. LayerLens' layer scores and plot), given the folder
     write_artifacts: Callable[[Path], None] | None = None
+    # SparseLoRA's engine, for the analysis commands (recall, calibrate) and benchmarks
+    engine: Any = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
     sparse_config = sparse_config_of(options)
     engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
-    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
+    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report, engine=engine)
 
 
 def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,22 @@ HEAD_CLASSES = {
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class TaskModelMismatchError(ValueError):
+    """The task cannot run on this kind of model (e.g. GSM8K generation on an encoder)."""
+
+
+def head_for(task_kind: str, decoder: bool, model_name: str) -> Head:
+    """The head a task needs on this model: classification → a classifier; text → the model's own LM head."""
+    if task_kind == "classification":
+        return "sequence_classification"
+    if task_kind == "generation" and not decoder:
+        raise TaskModelMismatchError(
+            f"this task generates text and needs a decoder model; '{model_name}' is an encoder. "
+            "Use `model: smollm2` or another causal LM."
+        )
+    return "causal_lm" if decoder else "masked_lm"
+
+
 class ModelNotFoundError(ValueError):
     """Raised when a model name is neither an alias, a local folder nor reachable on the Hub."""
 
