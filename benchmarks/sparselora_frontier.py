@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 
 from sparselora.report.plots import save_figure
 from sparselora.report.results import collect, paired_test
-from sparselora.runs import read_run
+from sparselora.run_folder.layout import read_run
 
 
 def sparse_step_share(label: str, seed_metrics: list[dict]) -> float:
@@ -125,20 +125,28 @@ def plot_frontier(points: list[dict], reference: str, target_speedup: float, tar
 
 
 def markdown(points: list[dict]) -> str:
-    lines = [
-        "| cell | seeds | accuracy | Δ vs reference (95% CI) | p "
-        "| speedup per sparse step | sparse steps | whole run | FLOPs ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    from sparselora.report.markdown import table
+
+    header = ["cell", "seeds", "accuracy", "Δ vs reference (95% CI)", "p"]
+    header += ["speedup per sparse step", "sparse steps", "whole run", "FLOPs ratio"]
+    rows = []
     for p in points:
         ci = "" if p["delta_ci95_pt"] is None else " ({:+.2f} to {:+.2f})".format(*p["delta_ci95_pt"])
         p_value = "–" if p["p_value"] is None else f"{p['p_value']:.2f}"
-        lines.append(
-            f"| {p['label']} | {len(p['seeds'])} | {p['accuracy']:.4f} | {p['delta_pt']:+.2f} pt{ci} | {p_value} "
-            f"| {p['sparse_step_speedup']:.3f}× | {p['sparse_step_share']:.0%} | {p['run_speedup']:.3f}× "
-            f"| {p['flops_ratio']:.3f} |"
+        rows.append(
+            [
+                p["label"],
+                len(p["seeds"]),
+                f"{p['accuracy']:.4f}",
+                f"{p['delta_pt']:+.2f} pt{ci}",
+                p_value,
+                f"{p['sparse_step_speedup']:.3f}×",
+                f"{p['sparse_step_share']:.0%}",
+                f"{p['run_speedup']:.3f}×",
+                f"{p['flops_ratio']:.3f}",
+            ]
         )
-    return "\n".join(lines)
+    return table(header, rows)
 
 
 def main() -> None:

@@ -135,7 +135,7 @@ def config_case(config_path: str, overrides: list[str], device: torch.device) ->
     """A run config's model and real training batches; dense and sparse are two copies of one init."""
     from sparselora.config import build_config, load_config
     from sparselora.methods import get_method
-    from sparselora.pipeline import load_inputs
+    from sparselora.training.inputs import load_inputs
 
     config = load_config(config_path, [*overrides, "progress=false"])
     if config.method != "sparselora":

@@ -22,7 +22,7 @@ from transformers import BertConfig, BertModel
 
 from sparselora.cli import main
 from sparselora.config import build_config
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
-from sparselora.atomic import atomic_write_json, atomic_write_text
-from sparselora.paths import check_output_file, check_writable_folder
+from sparselora.files.atomic import atomic_write_json, atomic_write_text
+from sparselora.files.paths import check_output_file, check_writable_folder
 
 app = typer.Typer(
     help="Sparse fine-tuning of transformers, measured honestly.",
@@ -47,7 +47,7 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, Import
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from sparselora.compare.runner import StaleCellError
-    from sparselora.train import TrainingDivergedError
+    from sparselora.training.loop import TrainingDivergedError
 
     return (*BAD_INPUT_ERRORS, TrainingDivergedError, StaleCellError)
 
@@ -97,7 +97,7 @@ def _metrics_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 
 def print_run_summary(run_dir: Path) -> None:
-    from sparselora.runs import read_run
+    from sparselora.run_folder.layout import read_run
 
     _, metrics = read_run(run_dir)
     rows = [(k, f"{v:.4f}") for k, v in metrics["task_metrics"].items()]
@@ -130,7 +130,7 @@ def train(
 ) -> None:
     """Train one (model, task, method) run and write runs/<name>/; rerun it to resume after a crash."""
     from sparselora.config import load_config
-    from sparselora.train import train as run_training
+    from sparselora.training.loop import train as run_training
 
     overrides = list(set_ or [])
     overrides += [f"data_dir={data_dir}"] if data_dir else []
@@ -153,7 +153,7 @@ def eval_(
     ] = False,
 ) -> None:
     """Reload a run's adapter onto its base model and reproduce its validation metrics."""
-    from sparselora.run_eval import evaluate_run
+    from sparselora.evaluation.rerun import evaluate_run
 
     recorded, measured = evaluate_run(run_dir, {"data_dir": str(data_dir)} if data_dir else None, sparse=sparse)
     table = Table(title=f"re-evaluation of {run_dir}")
@@ -211,8 +211,8 @@ app.add_typer(sparse_app, name="sparse")
 
 def _sparse_session(config: Path, overrides: list[str] | None, batches: int):
     """A sparselora config's model with SparseLoRA attached and calibrated, plus real batches."""
-    from sparselora.analysis import open_session
     from sparselora.config import load_config
+    from sparselora.sparse.session import open_session
 
     return open_session(load_config(config, [*(overrides or []), "progress=false"]), batches)
 
@@ -441,7 +441,7 @@ def lens(
     from sparselora.config import build_config, parse_overrides
     from sparselora.methods.layerlens import lens as run_lens
     from sparselora.methods.layerlens import write_lens_outputs
-    from sparselora.pipeline import load_inputs
+    from sparselora.training.inputs import load_inputs
 
     raw = {"model": model, "task": task, "method": "layerlens", **parse_overrides(overrides or [])}
     if data_dir is not None:
@@ -469,7 +469,7 @@ def runs_(
     folder: Annotated[Path, typer.Argument(help="A parent folder of run folders.")] = Path("runs"),
 ) -> None:
     """Every run under a folder and its state: finished, running, interrupted (resumable) or failed."""
-    from sparselora.run_states import list_runs
+    from sparselora.run_folder.states import list_runs
 
     if not folder.is_dir():
         raise FileNotFoundError(f"runs folder '{folder.resolve()}' does not exist; pass the output_dir of your runs")
@@ -560,7 +560,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 def _report_error(err: Exception) -> int:
     """One paragraph and the documented exit code: 2 bad input, 3 run busy, 1 anything unexpected."""
-    from sparselora.locks import BUSY_EXIT_CODE, LockBusyError
+    from sparselora.files.locks import BUSY_EXIT_CODE, LockBusyError
 
     if isinstance(err, LockBusyError):
         code = BUSY_EXIT_CODE

@@ -1,6 +1,6 @@
 """YAML → a validated run config.
 
-One flat namespace, as in the seeds (`lora_r`, `learning_rate`, `svd_rank` side by side):
+One flat namespace (`lora_r`, `learning_rate`, `svd_rank` side by side):
 shared keys are fields of :class:`RunConfig`; each method adds its own keys through its
 options model in the method registry. Every key is documented once, in its ``Field``.
 Errors name the key, what was given and what is allowed.
@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sparselora.files.paths import check_folder_name
+from sparselora.files.yaml_input import YamlInputError, load_yaml
 from sparselora.methods.registry import MethodOptions, get_method, method_names
-from sparselora.paths import check_folder_name
-from sparselora.yaml_input import YamlInputError, load_yaml
 
 
 class ConfigError(ValueError):
@@ -142,10 +142,10 @@ def _owner_hint(key: str) -> str:
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
-    for issue in err.errors():
-        key = ".".join(str(p) for p in issue["loc"]) or "(config)"
-        given = issue.get("input")
-        lines.append(f"  {key}: {issue['msg']} (got {given!r})")
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(config)"
+        given = problem.get("input")
+        lines.append(f"  {key}: {problem['msg']} (got {given!r})")
     return f"invalid config {source}".rstrip() + ":\n" + "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sparselora.config import build_config
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import REPO, tiny_run
 
 SPARSITY = {"ffn_sparsity": 0.5, "attn_sparsity": 0.5, "svd_rank": 4, "dense_output_tokens": False}

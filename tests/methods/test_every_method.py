@@ -3,9 +3,9 @@
 import pytest
 
 from sparselora.config import build_config
+from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods import method_names
-from sparselora.run_eval import evaluate_run
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 # Keys that make each method do something on a 2-layer model in 3 steps.

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from sparselora.config import build_config
+from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods.layerlens import BudgetTooSmallError, LayerScores, allocate_ranks
-from sparselora.run_eval import evaluate_run
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 

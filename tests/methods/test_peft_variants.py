@@ -6,11 +6,11 @@ import sys
 import pytest
 
 from sparselora.config import build_config
+from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods import qlora as qlora_module
 from sparselora.methods.hira import MissingHiraError, hira_config_class
 from sparselora.methods.qlora import MissingBitsAndBytesError, QLoraOptions, quantization_kwargs
-from sparselora.run_eval import evaluate_run
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 
@@ -28,7 +28,7 @@ def test_qlora_evaluates_with_the_kernel_it_trains_with(tiny_bert_dir, data_env,
     bnb = pytest.importorskip("bitsandbytes")
     import torch
 
-    from sparselora.pipeline import load_inputs
+    from sparselora.training.inputs import load_inputs
 
     inputs = load_inputs(build_config(tiny_run(tiny_bert_dir, tmp_path, method="qlora")))
     model, _ = inputs.load_base_model()

@@ -7,12 +7,12 @@ import pytest
 from sparselora.compare.plan import CompareConfig
 from sparselora.compare.runner import run_comparison
 from sparselora.config import build_config
+from sparselora.evaluation.rerun import evaluate_run
 from sparselora.flops import config_flops
 from sparselora.methods import get_method
 from sparselora.methods.registry import PLUGINS_ENV
 from sparselora.report.comparison import build_report
-from sparselora.run_eval import evaluate_run
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 PLUGIN = "tests.methods.lora_fa_plugin"

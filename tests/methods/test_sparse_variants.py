@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from sparselora.config import ConfigError, build_config
+from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods.lora import lora_weights
 from sparselora.methods.lora_l1 import soft_threshold
 from sparselora.methods.lora_prune import AdapterPruning, LoraPruneOptions, magnitude_masks
-from sparselora.run_eval import evaluate_run
-from sparselora.train import train
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 

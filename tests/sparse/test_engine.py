@@ -318,8 +318,8 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
     import json
 
     from sparselora.config import build_config
-    from sparselora.run_eval import evaluate_run
-    from sparselora.train import train
+    from sparselora.evaluation.rerun import evaluate_run
+    from sparselora.training.loop import train
     from tests.conftest import tiny_run
 
     config = tiny_run(

@@ -28,8 +28,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparselora.config import ConfigError
-from sparselora.paths import check_folder_name
-from sparselora.yaml_input import YamlInputError, load_yaml
+from sparselora.files.paths import check_folder_name
+from sparselora.files.yaml_input import YamlInputError, load_yaml
 
 
 class Target(BaseModel):

@@ -20,12 +20,12 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from sparselora.atomic import atomic_write_json, atomic_write_text
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
 from sparselora.config import ConfigError, build_config, config_changes
-from sparselora.locks import BUSY_EXIT_CODE, is_locked
-from sparselora.paths import check_writable_folder
-from sparselora.runs import METRICS_FILE, lock_path, read_run
+from sparselora.files.atomic import atomic_write_json, atomic_write_text
+from sparselora.files.locks import BUSY_EXIT_CODE, is_locked
+from sparselora.files.paths import check_writable_folder
+from sparselora.run_folder.layout import METRICS_FILE, lock_path, read_run
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from pydantic import Field
 from transformers import PreTrainedModel
 
-from sparselora.atomic import atomic_write_json
+from sparselora.files.atomic import atomic_write_json
 from sparselora.flops import uniform_lora
 from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register

@@ -140,9 +140,7 @@ def prune_adapters(
     if structure == "unstructured":
         weights = lora_weights(model)
         masks = magnitude_masks(weights, ratio, scope)
-        with torch.no_grad():
-            for weight, mask in zip(weights, masks, strict=True):
-                weight.mul_(mask)
+        apply_masks(weights, masks)
         return weights, masks
     generator = generator or torch.Generator().manual_seed(0)
     weights, masks = [], []
@@ -157,6 +155,23 @@ def prune_adapters(
             weights.append(a)
             masks.append(prune_columns(a, b, keep, importance, generator))
     return weights, masks
+
+
+@torch.no_grad()
+def apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """Zero the pruned weights again (AdamW's moments would otherwise revive them)."""
+    for weight, mask in zip(weights, masks, strict=True):
+        weight.mul_(mask)
+
+
+class HoldMasks(TrainerCallback):
+    """Keep a fixed pruning mask through training: re-applied after every optimiser step."""
+
+    def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor]):
+        self.weights, self.masks = weights, masks
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        apply_masks(self.weights, self.masks)
 
 
 class AdapterPruning(TrainerCallback):
@@ -190,11 +205,9 @@ class AdapterPruning(TrainerCallback):
         if self.masks is None and self._in_recovery(state):
             self.prune()
 
-    @torch.no_grad()
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.masks is not None:
-            for weight, mask in zip(self.weights, self.masks, strict=True):
-                weight.mul_(mask)
+            apply_masks(self.weights, self.masks)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.masks is None:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sparselora.atomic import atomic_write_text
 from sparselora.compare.plan import CompareConfig
 from sparselora.compare.runner import COMPARE_FILE
-from sparselora.locks import exclusive_lock
+from sparselora.files.atomic import atomic_write_text
+from sparselora.files.locks import exclusive_lock
 from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
 from sparselora.report.results import collect, primary_metric, write_task_results
 from sparselora.report.validation import validation_markdown
-from sparselora.runs import read_train_log
+from sparselora.run_folder.layout import read_train_log
 
 REPORT_LOCK = ".report.lock"
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sparselora.atomic import atomic_write_text
+from sparselora.files.atomic import atomic_write_text
 from sparselora.methods import MethodSpec, get_method
 from sparselora.models import hub_id
 
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
-    from sparselora.pipeline import RunInputs
+    from sparselora.training.inputs import RunInputs
 
 _PIPELINE_TAGS = {
     "sequence_classification": "text-classification",

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from sparselora.atomic import atomic_path
+from sparselora.files.atomic import atomic_path
 
 
 def save_figure(figure: Figure, path_stem: Path) -> list[Path]:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sparselora.atomic import atomic_write_csv, atomic_write_text
-from sparselora.runs import METRICS_FILE, read_run
+from sparselora.files.atomic import atomic_write_csv, atomic_write_text
+from sparselora.report.markdown import table
+from sparselora.run_folder.layout import METRICS_FILE, read_run
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,11 @@ def paired_test(frame: pd.DataFrame, label: str, reference: str, metric: str) ->
     n, mean = len(differences), float(differences.mean())
     if n < 3:
         return PairedTest(label, metric, n, mean, (math.nan, math.nan), None)
-    sem = float(differences.std(ddof=1) / np.sqrt(n))
-    half = float(stats.t.ppf(0.975, n - 1) * sem)
-    p_value = float(stats.ttest_rel(pairs["method"], pairs["reference"]).pvalue) if sem > 0 else 1.0
-    return PairedTest(label, metric, n, mean, (mean - half, mean + half), p_value)
+    if float(differences.std(ddof=1)) == 0:  # identical differences: no spread to test against
+        return PairedTest(label, metric, n, mean, (mean, mean), 1.0 if mean == 0 else 0.0)
+    result = stats.ttest_rel(pairs["method"], pairs["reference"])
+    interval = result.confidence_interval(confidence_level=0.95)
+    return PairedTest(label, metric, n, mean, (float(interval.low), float(interval.high)), float(result.pvalue))
 
 
 def _best(summary: pd.DataFrame, column: Column) -> float | None:
@@ -192,17 +193,16 @@ def format_cell(mean: float, std: float, column: Column, best: float | None) -> 
 
 def markdown_table(summary: pd.DataFrame) -> str:
     columns = present_columns(summary)
-    header = ["Method", "Seeds", *[c.header for c in columns]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {c.key: _best(summary, c) for c in columns}
+    rows = []
     for _, row in summary.iterrows():
         seeds = f"{row['seeds']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         if row["seeds"] == 0:
             cells = [f"failed: {_short(row.get('error', ''))}"] + ["–"] * (len(columns) - 1)
         else:
             cells = [format_cell(row[f"{c.key}_mean"], row[f"{c.key}_std"], c, best[c.key]) for c in columns]
-        lines.append("| " + " | ".join([str(row["label"]), seeds, *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([row["label"], seeds, *cells])
+    return table(["Method", "Seeds", *[c.header for c in columns]], rows)
 
 
 def _short(error: str, limit: int = 90) -> str:

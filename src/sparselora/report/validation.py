@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from sparselora.compare.plan import CompareConfig, Target
+from sparselora.report.markdown import table
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,16 @@ def validation_markdown(task: str, summary: pd.DataFrame, config: CompareConfig)
     found = checks(summary, config)
     if not found:
         return f"## {task}\n\nNo targets in the comparison config.\n"
-    lines = [f"## {task}", "", "| Method | Metric | Ratio to reference | Target | Result |", "|---|---|---|---|---|"]
-    for check in found:
-        ratio = "–" if check.ratio is None or math.isnan(check.ratio) else f"{check.ratio:.3f}"
-        lines.append(
-            f"| {check.label} | {check.target.metric} / {check.reference} | {ratio} | {check.bound} | {check.verdict} |"
-        )
+    rows = [
+        [
+            check.label,
+            f"{check.target.metric} / {check.reference}",
+            "–" if check.ratio is None or math.isnan(check.ratio) else f"{check.ratio:.3f}",
+            check.bound,
+            check.verdict,
+        ]
+        for check in found
+    ]
+    header = ["Method", "Metric", "Ratio to reference", "Target", "Result"]
     passed = sum(c.verdict == "PASS" for c in found)
-    lines += ["", f"{passed} of {len(found)} checks pass.", ""]
-    return "\n".join(lines)
+    return "\n".join([f"## {task}", "", table(header, rows), "", f"{passed} of {len(found)} checks pass.", ""])

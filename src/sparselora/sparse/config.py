@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Sparsity = float  # fraction of channels skipped, in [0, 1)
 Predictor = Literal["svd", "oracle", "random"]
 
-_SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the seeds' form)
+_SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the short form)
 _PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
 
 
@@ -95,7 +95,7 @@ class SparseLoRAConfig(BaseModel):
 def layer_schedule(config: SparseLoRAConfig, num_layers: int, part: str) -> list[Sparsity]:
     """Sparsity of every layer for ``part`` ('mlp' or 'attn'); layer names beyond the model are an error.
 
-    The seeds' ``layer.N`` keys set the FFN (mlp) sparsity, as in the seeds' configs.
+    The short ``layer.N`` keys set the FFN (mlp) sparsity.
     """
     default = config.ffn_sparsity if part == "mlp" else config.attn_sparsity
     schedule = [default] * num_layers

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparselora.atomic import atomic_path
+from sparselora.files.atomic import atomic_path
 from sparselora.models import ArchSpec, iter_projections
 from sparselora.models.loading import cache_dir
 

@@ -11,8 +11,7 @@ mask held fixed, timing each step.
 
 from __future__ import annotations
 
-import itertools
-import time
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sparselora.atomic import atomic_write_csv
 from sparselora.config import build_config
+from sparselora.files.atomic import atomic_write_csv
 from sparselora.study.stats import against_distribution
 
 TARGETS = {"attn_qv": ("q", "v"), "ffn": ("up", "down")}
@@ -107,7 +106,7 @@ def _target_names(model_name: str, roles: tuple[str, ...]) -> list[str]:
 
 def train_adapter(plan: FinetunePlan, targets: str, rank: int, runs: Path) -> Path:
     """The LoRA run every pruning of this setting starts from (reused when already trained)."""
-    from sparselora.train import train
+    from sparselora.training.loop import train
 
     name = f"{targets}_r{rank}"
     if (runs / name / "metrics.json").is_file():
@@ -123,8 +122,9 @@ class PrunableAdapter:
     """A trained adapter that can be pruned, recovered and evaluated repeatedly from the same weights."""
 
     def __init__(self, run_dir: Path):
-        from sparselora.pipeline import load_inputs, load_trained
-        from sparselora.runs import read_run
+        from sparselora.evaluation.rerun import load_trained
+        from sparselora.run_folder.layout import read_run
+        from sparselora.training.inputs import load_inputs
 
         self.config = build_config(read_run(run_dir)[0])
         self.inputs = load_inputs(self.config)
@@ -135,31 +135,46 @@ class PrunableAdapter:
         self.model.load_state_dict(self.trained, strict=False)
 
     def evaluate(self) -> dict[str, float]:
-        from sparselora.train import run_evaluation
+        from sparselora.training.loop import run_evaluation
 
         return run_evaluation(self.model, self.inputs).metrics
 
     def recover(self, weights: list[torch.Tensor], masks: list[torch.Tensor], steps: int, seed: int) -> float:
-        """Fine-tune the pruned adapter ``steps`` steps with the mask fixed; returns the median ms/step."""
+        """Fine-tune the pruned adapter ``steps`` steps with the mask held (the HF Trainer, as `lora_prune`'s
+        recovery runs), at 0.3 × the run's learning rate, constant; returns the median ms/step."""
+        from transformers import Trainer, TrainingArguments
+
+        from sparselora.methods.lora_prune import HoldMasks
+        from sparselora.training.measure import StepTimer
+
         for name, param in self.model.named_parameters():
             param.requires_grad_("lora_" in name)
-        optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=self.config.learning_rate * 0.3
-        )
-        torch.manual_seed(seed)
-        self.model.train()
-        times = []
-        for batch in itertools.islice(self.inputs.train_loader(), steps):
-            start = time.perf_counter()
-            self.model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            with torch.no_grad():
-                for weight, mask in zip(weights, masks, strict=True):
-                    weight.mul_(mask)
-            times.append(1000 * (time.perf_counter() - start))
+        with tempfile.TemporaryDirectory() as scratch:
+            args = TrainingArguments(
+                output_dir=scratch,
+                max_steps=steps,
+                per_device_train_batch_size=self.config.batch_size,
+                learning_rate=self.config.learning_rate * 0.3,
+                lr_scheduler_type="constant",
+                seed=seed,
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                use_cpu=not torch.cuda.is_available(),
+                remove_unused_columns=False,
+                label_names=["labels"],
+            )
+            timer = StepTimer(Path(scratch) / "steps.jsonl", warmup_steps=0)
+            trainer = Trainer(
+                model=self.model,
+                args=args,
+                train_dataset=self.inputs.data.train,
+                data_collator=self.inputs.data.train_collator,
+                callbacks=[HoldMasks(weights, masks), timer],
+            )
+            trainer.train()
         self.model.eval()
-        return float(pd.Series(times).median()) if times else 0.0
+        return timer.median_step_ms()
 
 
 def run_phase_c(out: Path, plan: FinetunePlan, progress: bool = True) -> pd.DataFrame:
@@ -229,7 +244,7 @@ def _row(setting: Setting, keep: float, importance: str, repeat: int, metrics: d
 
 
 def _run_summary(run: Path) -> dict[str, float]:
-    from sparselora.runs import read_run
+    from sparselora.run_folder.layout import read_run
 
     metrics = read_run(run)[1]
     return {

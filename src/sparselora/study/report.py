@@ -12,22 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from sparselora.atomic import atomic_write_text
+from sparselora.files.atomic import atomic_write_text
+from sparselora.report.markdown import frame_table as _table
 
 SIGNIFICANCE = 0.01
 _SETTING_A = ["spectrum", "shape", "k", "baseline"]
 _TEST_COLUMNS = ["mean_a", "mean_b", "ci95_low", "ci95_high", "wilcoxon_p", "effect_size", "verdict"]
 _SETTING_C = ["targets", "lora_r", "structure", "recovered", "keep", "importance"]
 _DISTRIBUTION_COLUMNS = ["value", "random_mean", "random_std", "random_n", "percentile", "t_p", "effect_size"]
-
-
-def _table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    lines = [header, "|" + "---|" * len(frame.columns)]
-    for _, row in frame.iterrows():
-        cells = [floats.format(v) if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _verdict(row: pd.Series, lower_is_better: bool = True) -> str:

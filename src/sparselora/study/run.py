@@ -6,8 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from sparselora.atomic import atomic_write_json
-from sparselora.paths import check_writable_folder
+from sparselora.files.atomic import atomic_write_json
+from sparselora.files.paths import check_writable_folder
 from sparselora.study.finetune import FinetunePlan, run_phase_c
 from sparselora.study.report import write_report
 from sparselora.study.synthetic import SyntheticPlan, run_phase_a

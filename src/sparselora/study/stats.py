@@ -28,11 +28,12 @@ class Comparison:
 
 
 def _ci95(values: np.ndarray) -> tuple[float, float]:
+    """The t-interval of the mean (scipy's); a single value is its own interval."""
     mean = float(values.mean())
-    if len(values) < 2:
+    if len(values) < 2 or float(values.std(ddof=1)) == 0:
         return mean, mean
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean - half, mean + half
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(confidence_level=0.95)
+    return float(interval.low), float(interval.high)
 
 
 def paired(a, b) -> Comparison:
@@ -46,8 +47,10 @@ def paired(a, b) -> Comparison:
         p = 1.0 if abs(constant) <= 1e-12 * scale else 0.0
         effect = 0.0 if p == 1.0 else math.copysign(math.inf, constant)
         return Comparison(len(a), float(a.mean()), float(b.mean()), constant, constant, constant, p, p, effect)
-    low, high = _ci95(differences)
-    t_p = float(stats.ttest_rel(a, b).pvalue)
+    test = stats.ttest_rel(a, b)
+    interval = test.confidence_interval(confidence_level=0.95)
+    low, high = float(interval.low), float(interval.high)
+    t_p = float(test.pvalue)
     wilcoxon_p = float(stats.wilcoxon(a, b).pvalue) if np.any(differences != 0) else 1.0
     return Comparison(
         n=len(a),

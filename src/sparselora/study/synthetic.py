@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sparselora.atomic import atomic_write_csv
+from sparselora.files.atomic import atomic_write_csv
 from sparselora.study.linalg import one_thread
 from sparselora.study.stats import paired
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sparselora.atomic import atomic_write_csv
 from sparselora.config import build_config
+from sparselora.files.atomic import atomic_write_csv
 from sparselora.study.linalg import one_thread
 from sparselora.study.stats import paired
 
@@ -152,8 +152,8 @@ def analyse_ffn_batch(block, x: torch.Tensor, h: torch.Tensor, draws: int, gener
 
 
 def predictor_rows(model_name: str, plan: WeightsPlan, progress: bool) -> tuple[list[dict], list[dict], dict]:
-    """Open a SparseLoRA session on real data and measure every FFN block on the analysis batches."""
-    from sparselora.analysis import open_session
+    """Attach SparseLoRA to a model on real data and measure every FFN block on the analysis batches."""
+    from sparselora.sparse.session import open_session
 
     config = build_config(run_config_for(model_name, plan))
     session = open_session(config, plan.calibration_batches + plan.analysis_batches)

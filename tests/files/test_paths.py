@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from sparselora.config import build_config
-from sparselora.paths import UnsafePathError, check_folder_name, check_output_file, check_writable_folder
-from sparselora.runs import RunFolderError, publish, write_status
-from sparselora.train import train
+from sparselora.files.paths import UnsafePathError, check_folder_name, check_output_file, check_writable_folder
+from sparselora.run_folder.layout import RunFolderError, publish, write_status
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from sparselora.atomic import atomic_path, atomic_write_json
-from sparselora.locks import LockBusyError, exclusive_lock, is_locked
+from sparselora.files.atomic import atomic_path, atomic_write_json
+from sparselora.files.locks import LockBusyError, exclusive_lock, is_locked
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):

@@ -4,7 +4,7 @@ Methods plug in through the registry (model + callbacks); nothing here is method
 Works under ``accelerate launch --num_processes N`` (CPU: gloo): every process trains,
 process 0 holds the run's lock, evaluates and writes the run folder. The Trainer's own
 checkpoints (every ``save_steps``, in the partial folder) make a killed run resumable: see
-:mod:`sparselora.resume` and :mod:`sparselora.runs` for the folder's states.
+:mod:`sparselora.run_folder.resume` and :mod:`sparselora.run_folder.layout` for the folder's states.
 """
 
 from __future__ import annotations
@@ -21,18 +21,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from sparselora.atomic import atomic_write_json
 from sparselora.config import ConfigError, RunConfig
-from sparselora.environment import describe_environment
-from sparselora.evaluate import EvalResult, evaluate
-from sparselora.locks import exclusive_lock
-from sparselora.measure import PeakMemory, StepTimer
-from sparselora.params import count_parameters
-from sparselora.paths import check_writable_folder
-from sparselora.pipeline import RunInputs, load_inputs
+from sparselora.evaluation.loop import EvalResult, evaluate
+from sparselora.files.atomic import atomic_write_json
+from sparselora.files.locks import exclusive_lock
+from sparselora.files.paths import check_writable_folder
 from sparselora.report.model_card import write_model_card
-from sparselora.resume import checkpoint_step, last_checkpoint, prepare_work_folder
-from sparselora.runs import (
+from sparselora.run_folder.layout import (
     CHECKPOINTS_DIR,
     METRICS_FILE,
     METRICS_SCHEMA_VERSION,
@@ -45,6 +40,11 @@ from sparselora.runs import (
     write_config,
     write_status,
 )
+from sparselora.run_folder.resume import checkpoint_step, last_checkpoint, prepare_work_folder
+from sparselora.training.environment import describe_environment
+from sparselora.training.inputs import RunInputs, load_inputs
+from sparselora.training.measure import PeakMemory, StepTimer
+from sparselora.training.params import count_parameters
 
 logger = logging.getLogger(__name__)
 

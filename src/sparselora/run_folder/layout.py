@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sparselora.atomic import atomic_write_json, atomic_write_text
+from sparselora.files.atomic import atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"

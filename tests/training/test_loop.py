@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from sparselora.config import build_config
-from sparselora.pipeline import load_inputs
-from sparselora.run_eval import evaluate_run
-from sparselora.runs import RunFolderError
-from sparselora.train import train
+from sparselora.evaluation.rerun import evaluate_run
+from sparselora.run_folder.layout import RunFolderError
+from sparselora.training.inputs import load_inputs
+from sparselora.training.loop import train
 from tests.conftest import tiny_run
 
 RUN_FILES = {
@@ -278,8 +278,8 @@ def test_a_single_target_module_name_is_a_list(tiny_bert_dir, data_env, tmp_path
 def test_a_full_disk_is_named_and_the_run_marked_failed(tiny_bert_dir, shared_data_dir, tmp_path, monkeypatch, capsys):
     import errno
 
-    import sparselora.runs
-    import sparselora.train
+    import sparselora.run_folder.layout
+    import sparselora.training.loop
     from sparselora.cli import main
 
     def no_space(folder, *args, **kwargs):
@@ -290,9 +290,9 @@ def test_a_full_disk_is_named_and_the_run_marked_failed(tiny_bert_dir, shared_da
             raise OSError(errno.ENOSPC, "No space left on device", str(folder / "status.json"))
         return real_write_status(folder, state, **details)
 
-    real_write_status = sparselora.runs.write_status
-    monkeypatch.setattr(sparselora.train, "write_model_card", no_space)
-    monkeypatch.setattr(sparselora.runs, "write_status", atomic_status_fails)
+    real_write_status = sparselora.run_folder.layout.write_status
+    monkeypatch.setattr(sparselora.training.loop, "write_model_card", no_space)
+    monkeypatch.setattr(sparselora.run_folder.layout, "write_status", atomic_status_fails)
     args = ["train", "--set", f"model={tiny_bert_dir}", "--set", "max_steps=1", "--set", "progress=false"]
     code = main([*args, "--set", f"data_dir={shared_data_dir}", "--set", "name=full", "--output-dir", str(tmp_path)])
     text = " ".join(capsys.readouterr().err.split())

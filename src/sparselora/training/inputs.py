@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from peft import PeftModel
-from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,7 +23,7 @@ from sparselora.models import (
     load_tokenizer,
     resolve_model,
 )
-from sparselora.models.loading import HEAD_CLASSES, Head, head_for
+from sparselora.models.loading import Head, head_for
 
 
 @dataclass
@@ -128,55 +124,3 @@ def load_inputs(config: RunConfig) -> RunInputs:
         label_names=raw.label_names,
         data=data,
     )
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class UnsafeRunFolderError(ValueError):
-    """A run folder whose weights are not safetensors, or whose files are malformed."""
-
-
-def check_saved_weights(run_dir: Path) -> None:
-    """Weights are read only from safetensors: unpickling a file can run any code in it."""
-    pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise UnsafeRunFolderError(
-            f"'{run_dir}' contains pickle file(s) {', '.join(pickles)}; sparselora loads weights only from "
-            ".safetensors (a pickle can execute code when loaded). Remove them, or convert a file you trust "
-            "with safetensors.torch.save_file."
-        )
-    adapter_config = run_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        try:
-            json.loads(adapter_config.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            message = f"'{adapter_config}' is not valid JSON ({err}); cannot read the adapter."
-            raise UnsafeRunFolderError(message) from None
-    weights = "adapter_model.safetensors" if adapter_config.is_file() else "model.safetensors"
-    if not (run_dir / weights).is_file():
-        raise UnsafeRunFolderError(f"'{run_dir}' has no {weights}: it is not a finished sparselora run folder.")
-    try:
-        with safe_open(run_dir / weights, "pt") as handle:
-            handle.keys()
-    except Exception as err:  # safetensors' own error type derives from Exception only
-        raise UnsafeRunFolderError(
-            f"'{run_dir / weights}' is not a readable safetensors file ({err}): it was cut short or damaged. "
-            "Copy it again from where the run was trained, or train the run again."
-        ) from None
-
-
-def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
-    """The model a run saved: base + PEFT adapter, or the full fine-tuned weights (safetensors only)."""
-    check_saved_weights(run_dir)
-    try:
-        if (run_dir / "adapter_config.json").is_file():
-            base, _ = inputs.load_base_model()
-            return PeftModel.from_pretrained(base, run_dir)
-        return HEAD_CLASSES[inputs.head].from_pretrained(run_dir, use_safetensors=True)
-    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnsafeRunFolderError(
-            f"the weights in '{run_dir}' do not fit model '{inputs.config.model}' ({first_line}). "
-            "Was the folder trained from another model, or its files replaced?"
-        ) from err

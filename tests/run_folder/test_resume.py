@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from sparselora.cli import main
 from sparselora.config import build_config
-from sparselora.locks import LockBusyError, exclusive_lock
-from sparselora.resume import last_checkpoint, truncate_log
-from sparselora.run_states import list_runs
-from sparselora.runs import RunFolderError, lock_path, partial_dir
-from sparselora.train import TrainingDivergedError, train
+from sparselora.files.locks import LockBusyError, exclusive_lock
+from sparselora.run_folder.layout import RunFolderError, lock_path, partial_dir
+from sparselora.run_folder.resume import last_checkpoint, truncate_log
+from sparselora.run_folder.states import list_runs
+from sparselora.training.loop import TrainingDivergedError, train
 from tests.conftest import tiny_run
 
 

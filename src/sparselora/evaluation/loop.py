@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparselora.data.preprocess import Prepared
-from sparselora.metrics import classification_metrics, exact_match, perplexity
+from sparselora.evaluation.metrics import classification_metrics, exact_match, perplexity
 
 
 @dataclass

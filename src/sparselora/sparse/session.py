@@ -12,8 +12,8 @@ from torch import nn
 from transformers import set_seed
 
 from sparselora.config import RunConfig
-from sparselora.pipeline import load_inputs
 from sparselora.sparse.engine import SparseLoRAEngine
+from sparselora.training.inputs import load_inputs
 
 
 @dataclass

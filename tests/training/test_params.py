@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparselora.params import count_parameters
+from sparselora.training.params import count_parameters
 
 
 def test_counts_trainable_and_nonzero():

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparselora.locks import is_locked
-from sparselora.resume import checkpoint_step, last_checkpoint
-from sparselora.runs import lock_path, read_status
+from sparselora.files.locks import is_locked
+from sparselora.run_folder.layout import lock_path, read_status
+from sparselora.run_folder.resume import checkpoint_step, last_checkpoint
 
 PARTIAL_SUFFIX = ".partial"
 

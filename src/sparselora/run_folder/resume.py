@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from sparselora.atomic import atomic_write_text
 from sparselora.config import config_changes
-from sparselora.runs import (
+from sparselora.files.atomic import atomic_write_text
+from sparselora.run_folder.layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     TRAIN_LOG_FILE,

@@ -1,0 +1,107 @@
+"""`sparselora eval`: reload a run's saved adapter (or model) and measure it again."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from safetensors import safe_open
+from torch import nn
+from transformers import PreTrainedModel, set_seed
+
+from sparselora.config import RunConfig, build_config
+from sparselora.models.loading import HEAD_CLASSES
+from sparselora.run_folder.layout import read_run
+from sparselora.training.inputs import RunInputs, load_inputs
+from sparselora.training.loop import run_evaluation
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class UnsafeRunFolderError(ValueError):
+    """A run folder whose weights are not safetensors, or whose files are malformed."""
+
+
+def check_saved_weights(run_dir: Path) -> None:
+    """Weights are read only from safetensors: unpickling a file can run any code in it."""
+    pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeRunFolderError(
+            f"'{run_dir}' contains pickle file(s) {', '.join(pickles)}; sparselora loads weights only from "
+            ".safetensors (a pickle can execute code when loaded). Remove them, or convert a file you trust "
+            "with safetensors.torch.save_file."
+        )
+    adapter_config = run_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            json.loads(adapter_config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            message = f"'{adapter_config}' is not valid JSON ({err}); cannot read the adapter."
+            raise UnsafeRunFolderError(message) from None
+    weights = "adapter_model.safetensors" if adapter_config.is_file() else "model.safetensors"
+    if not (run_dir / weights).is_file():
+        raise UnsafeRunFolderError(f"'{run_dir}' has no {weights}: it is not a finished sparselora run folder.")
+    try:
+        with safe_open(run_dir / weights, "pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors' own error type derives from Exception only
+        raise UnsafeRunFolderError(
+            f"'{run_dir / weights}' is not a readable safetensors file ({err}): it was cut short or damaged. "
+            "Copy it again from where the run was trained, or train the run again."
+        ) from None
+
+
+def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
+    """The model a run saved: base + PEFT adapter, or the full fine-tuned weights (safetensors only)."""
+    check_saved_weights(run_dir)
+    try:
+        if (run_dir / "adapter_config.json").is_file():
+            base, _ = inputs.load_base_model()
+            return PeftModel.from_pretrained(base, run_dir)
+        return HEAD_CLASSES[inputs.head].from_pretrained(run_dir, use_safetensors=True)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeRunFolderError(
+            f"the weights in '{run_dir}' do not fit model '{inputs.config.model}' ({first_line}). "
+            "Was the folder trained from another model, or its files replaced?"
+        ) from err
+
+
+def evaluate_run(
+    run_dir: Path, overrides: dict[str, Any] | None = None, sparse: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics recorded at training time, metrics measured now from the saved files).
+
+    ``sparse``: evaluate a SparseLoRA run with its training-time sparsity instead of dense.
+    """
+    raw_config, recorded = read_run(run_dir)
+    label_names = recorded.get("run", {}).get("label_names")
+    if raw_config.get("label_names") is None and label_names:  # the class mapping without the training file
+        raw_config = {**raw_config, "label_names": label_names}
+    config = build_config({**raw_config, **(overrides or {})}, source=f"in '{run_dir}/config.yaml' ")
+    if sparse and config.method != "sparselora":
+        raise ValueError(f"--sparse evaluates SparseLoRA runs; '{run_dir}' was trained with method '{config.method}'")
+    set_seed(config.seed)
+    inputs = load_inputs(config)
+    model = load_trained(Path(run_dir), inputs)
+    if sparse:
+        _attach_sparsity(model, config, inputs)
+    result = run_evaluation(model, inputs)
+    return recorded["task_metrics"], result.metrics
+
+
+def _attach_sparsity(model: nn.Module, config: RunConfig, inputs: RunInputs) -> None:
+    """The run's SparseLoRA engine, sparse in evaluation too; outliers re-found on its first training batches.
+
+    Separates what sparse training learned from how well it carries over to the dense model.
+    """
+    from sparselora.methods.sparselora import sparse_config_of
+    from sparselora.sparse.engine import apply_sparselora
+
+    sparse_config = sparse_config_of(config.method_options, sparse_eval=True)
+    engine = apply_sparselora(model, sparse_config, model_name=config.model, progress=False)
+    engine.calibrate_outliers(model, list(itertools.islice(inputs.train_loader(), sparse_config.calibration_steps)))
+    engine.start_sparse_now()

@@ -1,0 +1,1 @@
+"""Training: what a run loads (inputs), the Trainer loop and run folder (loop), its measurements."""
