@@ -110,7 +110,7 @@ def _instrument_estimator(engine: SparseLoRAEngine, device: torch.device) -> tup
     for separate steps after the timed ones.
     """
     spent = [0.0]
-    blocks = [*engine.ffn, *engine.attention]
+    blocks = [block for block in [*engine.ffn, *engine.attention] if hasattr(block, "select")]
     for block in blocks:
 
         def timed(x, _select=block.select):

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Sparsity = float  # fraction of channels skipped, in [0, 1)
 Predictor = Literal["svd", "oracle", "random"]
+SparsePass = Literal["forward", "backward"]
+BackwardRule = Literal["contribution", "random"]
 
 _SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the short form)
 _PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
@@ -19,6 +21,22 @@ class SparseLoRAConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    sparse_pass: SparsePass = Field(
+        "forward",
+        description=(
+            "'forward': SVD-estimated channels in forward and backward (the paper's method); 'backward': the"
+            " forward stays exactly dense LoRA's and only the input gradient through the frozen weights is"
+            " sparse (FFN: ffn_sparsity of the channels skipped; attention: attn_sparsity > 0 drops the frozen"
+            " q/k/v input gradient)."
+        ),
+    )
+    backward_rule: BackwardRule = Field(
+        "contribution",
+        description=(
+            "sparse_pass backward: which FFN channels carry the input gradient: 'contribution' (largest"
+            " ‖h_c‖·‖W_down[:, c]‖ of the batch) or 'random' (uniform, scaled to stay unbiased)."
+        ),
+    )
     svd_rank: int = Field(8, gt=0, description="Rank of the SVD estimator of each selectable projection.")
     ffn_sparsity: float = Field(
         0.5, ge=0, lt=1, description="Fraction of FFN channels skipped in every layer not named in layer_sparsity."

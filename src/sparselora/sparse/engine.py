@@ -26,6 +26,7 @@ from transformers import PretrainedConfig, TrainerCallback
 
 from sparselora.models import ArchSpec, get_arch, iter_projections, num_layers
 from sparselora.sparse.attention import SparseAttention
+from sparselora.sparse.backward import BackwardSparseAttention, BackwardSparseFFN
 from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
 from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors
@@ -65,8 +66,8 @@ class SparseLoRAEngine:
     """All sparsified blocks of one model, and the step-wise schedule (calibrate → warm-up → sparse)."""
 
     config: SparseLoRAConfig
-    ffn: list[SparseFFN]
-    attention: list[SparseAttention] = field(default_factory=list)
+    ffn: list[SparseFFN | BackwardSparseFFN]
+    attention: list[SparseAttention | BackwardSparseAttention] = field(default_factory=list)
     svd_stats: dict[str, float] = field(default_factory=dict)
     step: int = 0
     sparse_from_step: int = 0
@@ -216,6 +217,8 @@ def apply_sparselora(
     layers_count = num_layers(model, spec)
     ffn_sparsity = layer_schedule(config, layers_count, "mlp")
     attn_sparsity = layer_schedule(config, layers_count, "attn")
+    if config.sparse_pass == "backward":
+        return _attach(_backward_engine(model, spec, config, layers_count, ffn_sparsity, attn_sparsity), model)
     name = model_name or base_config.name_or_path or base_config.model_type
     cache = Path(config.svd_cache) if config.svd_cache else default_cache_path(name, config.svd_rank)
     factors, stats = get_factors(model, spec, config.svd_rank, cache, progress=progress)
@@ -236,12 +239,41 @@ def apply_sparselora(
         ],
         svd_stats=stats,
     )
-    for block in [*engine.ffn, *engine.attention]:
-        block.attach(engine)
     if spec.kind == "decoder" and config.dense_output_tokens:
         engine._model_hook = model.register_forward_pre_hook(engine.capture_output_tokens, with_kwargs=True)
+    return _attach(engine, model)
+
+
+def _attach(engine: SparseLoRAEngine, model: nn.Module) -> SparseLoRAEngine:
+    for block in [*engine.ffn, *engine.attention]:
+        block.attach(engine)
     engine._step_hook = model.register_forward_pre_hook(engine.count_training_forward, with_kwargs=True)
     return engine
+
+
+def _backward_engine(model, spec: ArchSpec, config: SparseLoRAConfig, layers_count, ffn_sparsity, attn_sparsity):
+    """Exact forward, sparse input gradients through the frozen weights: no estimator to build."""
+    modules = dict(model.named_modules())
+    names: dict[int, dict[str, str]] = {}
+    for proj in iter_projections(model, spec):
+        names.setdefault(proj.layer, {})[proj.role] = proj.name
+    ffn = [
+        BackwardSparseFFN(
+            layer=i,
+            up=modules[names[i]["up"]],
+            down=modules[names[i]["down"]],
+            gate=modules[names[i]["gate"]] if "gate" in names[i] else None,
+            sparsity=ffn_sparsity[i],
+            rule=config.backward_rule,
+        )
+        for i in range(layers_count)
+    ]
+    attention = [
+        BackwardSparseAttention(i, *(modules[names[i][role]] for role in ("q", "k", "v")), sparsity=attn_sparsity[i])
+        for i in range(layers_count)
+        if attn_sparsity[i] > 0
+    ]
+    return SparseLoRAEngine(config=config, ffn=ffn, attention=attention)
 
 
 def _parent(modules: dict[str, nn.Module], name: str) -> nn.Module:

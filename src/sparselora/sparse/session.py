@@ -26,6 +26,11 @@ class SparseSession:
 def open_session(config: RunConfig, num_batches: int) -> SparseSession:
     if config.method != "sparselora":
         raise ValueError(f"config key 'method' must be 'sparselora' for this command, got '{config.method}'")
+    if config.option("sparse_pass") != "forward":
+        raise ValueError(
+            "config key 'sparse_pass': recall and calibrate measure the forward mode's channel predictor; "
+            "set sparse_pass: forward (the backward mode's forward is exact: there is nothing to measure)"
+        )
     set_seed(config.seed)
     inputs = load_inputs(config)
     setup = inputs.build_method()

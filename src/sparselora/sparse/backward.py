@@ -1,0 +1,199 @@
+"""Exact-forward SparseLoRA (``sparse_pass: backward``): the forward is dense LoRA's, bit for bit; only the
+backward through the frozen weights is sparse.
+
+In a LoRA step every frozen projection costs twice: the forward ``y = x·Wᵀ`` and the input gradient
+``dx = dy·W`` that the layers below need. The second need not be exact to train well (the residual stream
+carries the gradient past every block exactly), so here it is computed for a subset of channels only:
+
+- FFN: the down projection's input gradient is computed for the kept intermediate channels only (zeros
+  elsewhere), ranked per batch by their forward contribution ``‖h_c‖·‖W_down[:, c]‖`` — a score the forward
+  already has, no estimator. The activation's backward keeps those zeros, so the up (and gate) projection's
+  input gradient needs only the kept rows: both backward matmuls shrink by the kept fraction. ``random``
+  keeps a uniform sample instead, scaled by width / kept so the gradient stays unbiased.
+- Attention (``attn_sparsity`` > 0 in a layer): the frozen q/k/v projections get no input gradient; their
+  LoRA branches and the output projection keep theirs.
+
+The autograd functions save only the frozen weight and the kept indices, not activations: no more memory
+than dense LoRA. The kept channels of one forward travel with its graph, so several forwards before one
+backward (gradient accumulation) stay correct.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparselora.sparse.ffn import linear_parts
+
+BackwardRule = Literal["contribution", "random"]
+
+
+@dataclass
+class _Kept:
+    """The kept channels of one forward, filled by the down projection, read by the backward of all three."""
+
+    channels: torch.Tensor | None = None
+    scale: float = 1.0
+
+
+class _ColumnsInputGrad(torch.autograd.Function):
+    """``h·Wᵀ + b`` exactly; backward ``dh[..., kept] = scale · dy·W[:, kept]``, zero elsewhere."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, kept: _Kept):
+        ctx.save_for_backward(weight)
+        ctx.kept, ctx.shape = kept, h.shape
+        return F.linear(h, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        kept = ctx.kept
+        grad_h = grad_out.new_zeros(ctx.shape)
+        part = grad_out @ weight.index_select(1, kept.channels).to(grad_out.dtype)
+        grad_h.index_copy_(grad_h.dim() - 1, kept.channels, part * kept.scale if kept.scale != 1.0 else part)
+        return grad_h, None, None, None
+
+
+class _RowsInputGrad(torch.autograd.Function):
+    """``x·Wᵀ + b`` exactly; backward ``dx = dy[..., kept]·W[kept]`` (dy is zero outside the kept channels)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kept: _Kept):
+        ctx.save_for_backward(weight)
+        ctx.kept = kept
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        channels = ctx.kept.channels
+        grad_x = grad_out.index_select(-1, channels) @ weight.index_select(0, channels).to(grad_out.dtype)
+        return grad_x, None, None, None
+
+
+@dataclass
+class BackwardSparseFFN:
+    """One layer's FFN in backward mode: which channels carry the input gradient of this batch."""
+
+    layer: int
+    up: nn.Module
+    down: nn.Module
+    gate: nn.Module | None
+    sparsity: float
+    rule: BackwardRule = "contribution"
+    outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # none needed here
+    keep: torch.Tensor | None = None  # the last batch's kept channels (inspection, tests)
+    _pending: _Kept | None = None
+    _column_norms: torch.Tensor | None = None
+    _generator: torch.Generator | None = None
+
+    @property
+    def width(self) -> int:
+        return linear_parts(self.up)[0].weight.shape[0]
+
+    @property
+    def num_kept(self) -> int:
+        return max(1, math.ceil((1.0 - self.sparsity) * self.width))
+
+    @torch.no_grad()
+    def select(self, h: torch.Tensor) -> torch.Tensor:
+        """The channels whose input gradient is computed, from the down projection's input ``h``."""
+        if self.rule == "random":  # its own generator: the global one draws the dropout masks of the forward
+            if self._generator is None or self._generator.device != h.device:
+                self._generator = torch.Generator(h.device).manual_seed(self.layer)
+            order = torch.randperm(self.width, device=h.device, generator=self._generator)
+            return order[: self.num_kept].sort().values
+        weight = linear_parts(self.down)[0].weight
+        if self._column_norms is None or self._column_norms.device != weight.device:
+            self._column_norms = weight.float().norm(dim=0)
+        scores = h.detach().reshape(-1, h.shape[-1]).float().norm(dim=0) * self._column_norms
+        return torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
+
+    def fix_outliers(self, factor: float, max_fraction: float) -> None:
+        """Nothing to calibrate: the forward is exact and the score is exact."""
+
+    def record(self, h: torch.Tensor) -> None:
+        """No calibration statistics in backward mode."""
+
+    def attach(self, engine) -> None:
+        for projection in (self.up, self.gate):
+            if projection is not None:
+                base = linear_parts(projection)[0]
+                base.forward = self._rows_forward_for(base, engine)
+        base_down = linear_parts(self.down)[0]
+        base_down.forward = self._columns_forward_for(base_down, engine)
+
+    def _active(self, engine, x: torch.Tensor) -> bool:
+        return x.requires_grad and torch.is_grad_enabled() and engine.sparse_now(self.sparsity, self.up.training)
+
+    def _rows_forward_for(self, base: nn.Linear, engine):
+        dense = type(base).forward.__get__(base)
+
+        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if args or kwargs or not self._active(engine, x):
+                return dense(x, *args, **kwargs)
+            if self._pending is None or self._pending.channels is not None:
+                self._pending = _Kept()  # a new forward: up (and gate) run before down fills it
+            return _RowsInputGrad.apply(x, base.weight, base.bias, self._pending)
+
+        return forward
+
+    def _columns_forward_for(self, base: nn.Linear, engine):
+        dense = type(base).forward.__get__(base)
+
+        def forward(h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            pending, self._pending = self._pending, None
+            if args or kwargs or pending is None or not self._active(engine, h):
+                return dense(h, *args, **kwargs)
+            pending.channels = self.keep = self.select(h)
+            pending.scale = self.width / self.num_kept if self.rule == "random" else 1.0
+            return _ColumnsInputGrad.apply(h, base.weight, base.bias, pending)
+
+        return forward
+
+    def detach(self) -> None:
+        for projection in (self.up, self.gate, self.down):
+            if projection is not None:
+                base = linear_parts(projection)[0]
+                if "forward" in base.__dict__:
+                    del base.forward
+        self.keep, self._pending = None, None
+
+
+@dataclass
+class BackwardSparseAttention:
+    """One layer's attention in backward mode: the frozen q/k/v projections pass no input gradient."""
+
+    layer: int
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    sparsity: float
+    selection: bool | None = None  # True once a forward ran without the frozen input gradient
+
+    def attach(self, engine) -> None:
+        for projection in (self.q, self.k, self.v):
+            base = linear_parts(projection)[0]
+            dense = type(base).forward.__get__(base)
+
+            def forward(x: torch.Tensor, *args, _dense=dense, **kwargs) -> torch.Tensor:
+                if x.requires_grad and engine.sparse_now(self.sparsity, self.q.training):
+                    self.selection = True
+                    # the same values; the frozen weight's input gradient is dropped
+                    return _dense(x.detach(), *args, **kwargs)
+                return _dense(x, *args, **kwargs)
+
+            base.forward = forward
+
+    def detach(self) -> None:
+        for projection in (self.q, self.k, self.v):
+            base = linear_parts(projection)[0]
+            if "forward" in base.__dict__:
+                del base.forward
+        self.selection = None

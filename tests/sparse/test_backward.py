@@ -1,0 +1,111 @@
+"""Exact-forward SparseLoRA: the forward is dense LoRA's bit for bit; only frozen input gradients are sparse."""
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.engine import apply_sparselora
+from tests.sparse.test_engine import TARGETS, _batch, _loss_and_grads, _peft_model
+
+
+def _backward_mode(model, **keys):
+    config = SparseLoRAConfig(sparse_pass="backward", **keys)
+    engine = apply_sparselora(model, config, progress=False)
+    engine.start_sparse_now()
+    return engine
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("rule", ["contribution", "random"])
+def test_the_forward_is_dense_loras_bit_for_bit(family, rule):
+    dense = _peft_model(family)
+    sparse = copy.deepcopy(dense)
+    engine = _backward_mode(sparse, ffn_sparsity=0.75, attn_sparsity=0.5, backward_rule=rule)
+    logits_d, grads_d = _loss_and_grads(dense, _batch())
+    logits_s, grads_s = _loss_and_grads(sparse, _batch())
+    assert torch.equal(logits_s, logits_d)
+    assert all(block.keep is not None and block.keep.numel() == block.num_kept for block in engine.ffn)
+    assert all(block.selection for block in engine.attention if block.layer > 0)  # layer 0 reads frozen inputs
+    assert any(not torch.equal(grads_s[name], grads_d[name]) for name in grads_d)  # the backward is sparse
+    head = [name for name in grads_d if "classifier" in name or "score" in name]  # above every sparse backward
+    assert head and all(torch.equal(grads_s[name], grads_d[name]) for name in head)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_keeping_every_channel_gives_every_gradient_of_dense_lora(family):
+    dense = _peft_model(family)
+    sparse = copy.deepcopy(dense)
+    _backward_mode(sparse, ffn_sparsity=1e-9)
+    logits_d, grads_d = _loss_and_grads(dense, _batch())
+    logits_s, grads_s = _loss_and_grads(sparse, _batch())
+    assert torch.equal(logits_s, logits_d)
+    for name in grads_d:
+        torch.testing.assert_close(grads_s[name], grads_d[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _backward_flops(model) -> int:
+    torch.manual_seed(123)
+    model.train()
+    loss = model(**_batch()).loss
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    model.zero_grad()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_the_ffn_input_gradient_flops_fall_by_the_kept_fraction(sparsity):
+    dense = _peft_model("bert", targets=TARGETS["bert"][:2], wide=True)  # LoRA on attention only
+    sparse = copy.deepcopy(dense)
+    engine = _backward_mode(sparse, ffn_sparsity=sparsity)
+    tokens = _batch()["input_ids"].numel()
+    hidden, width = 128, 512
+    ffn_input_grads = 2 * 2 * 2 * tokens * hidden * width  # 2 FLOPs per MAC, up and down, 2 layers
+    saved = _backward_flops(dense) - _backward_flops(sparse)
+    kept = engine.ffn[0].num_kept / width
+    assert saved == pytest.approx((1 - kept) * ffn_input_grads, rel=1e-6)
+
+
+def test_two_forwards_before_one_backward_keep_their_own_channels():
+    """Gradient accumulation: each forward's kept channels travel with its own graph."""
+    dense = _peft_model("bert")
+    sparse = copy.deepcopy(dense)
+    _backward_mode(sparse, ffn_sparsity=1e-9)
+    for model in (dense, sparse):
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(0)
+        losses = [model(**_batch(seed)).loss for seed in (1, 2)]
+        sum(losses).backward()
+    for (name, a), (_, b) in zip(dense.named_parameters(), sparse.named_parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_method_trains_in_backward_mode(tiny_bert_dir, data_env, tmp_path):
+    import json
+
+    from sparselora.config import build_config
+    from sparselora.evaluation.rerun import evaluate_run
+    from sparselora.training.loop import train
+    from tests.conftest import tiny_run
+
+    keys = tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward", max_steps=4)
+    run = train(build_config(keys | {"ffn_sparsity": 0.5, "attn_sparsity": 0.5, "sparse_warmup_ratio": 0.0}))
+    report = json.loads((run / "metrics.json").read_text())["method"]
+    assert report["ffn_kept_fraction"] == pytest.approx(0.5)
+    recorded, measured = evaluate_run(run)
+    assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-6)
+
+
+def test_the_analysis_commands_refuse_the_backward_mode(tiny_bert_dir, data_env, tmp_path):
+    from sparselora.config import build_config
+    from sparselora.sparse.session import open_session
+    from tests.conftest import tiny_run
+
+    config = build_config(tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward"))
+    with pytest.raises(ValueError, match="sparse_pass: forward"):
+        open_session(config, 1)
