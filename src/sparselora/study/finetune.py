@@ -142,7 +142,7 @@ class PrunableAdapter:
     def recover(self, weights: list[torch.Tensor], masks: list[torch.Tensor], steps: int, seed: int) -> float:
         """Fine-tune the pruned adapter ``steps`` steps with the mask held (the HF Trainer, as `lora_prune`'s
         recovery runs), at 0.3 × the run's learning rate, constant; returns the median ms/step."""
-        from transformers import Trainer, TrainingArguments
+        from transformers import PrinterCallback, Trainer, TrainingArguments
 
         from sparselora.methods.lora_prune import HoldMasks
         from sparselora.training.measure import StepTimer
@@ -172,6 +172,7 @@ class PrunableAdapter:
                 data_collator=self.inputs.data.train_collator,
                 callbacks=[HoldMasks(weights, masks), timer],
             )
+            trainer.remove_callback(PrinterCallback)  # one recovery among many: no summary line each
             trainer.train()
         self.model.eval()
         return timer.median_step_ms()
