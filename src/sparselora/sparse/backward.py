@@ -87,6 +87,7 @@ class BackwardSparseFFN:
     gate: nn.Module | None
     sparsity: float
     rule: BackwardRule = "contribution"
+    estimator_tokens: int = 256  # the contribution score reads at most this many evenly spaced tokens
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # none needed here
     keep: torch.Tensor | None = None  # the last batch's kept channels (inspection, tests)
     _pending: _Kept | None = None
@@ -112,7 +113,9 @@ class BackwardSparseFFN:
         weight = linear_parts(self.down)[0].weight
         if self._column_norms is None or self._column_norms.device != weight.device:
             self._column_norms = weight.float().norm(dim=0)
-        scores = h.detach().reshape(-1, h.shape[-1]).float().norm(dim=0) * self._column_norms
+        flat = h.detach().reshape(-1, h.shape[-1])
+        flat = flat[:: max(1, flat.shape[0] // self.estimator_tokens)]
+        scores = flat.float().norm(dim=0) * self._column_norms
         return torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
 
     def fix_outliers(self, factor: float, max_fraction: float) -> None:

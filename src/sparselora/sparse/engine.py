@@ -265,6 +265,7 @@ def _backward_engine(model, spec: ArchSpec, config: SparseLoRAConfig, layers_cou
             gate=modules[names[i]["gate"]] if "gate" in names[i] else None,
             sparsity=ffn_sparsity[i],
             rule=config.backward_rule,
+            estimator_tokens=config.estimator_tokens,
         )
         for i in range(layers_count)
     ]
