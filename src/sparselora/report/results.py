@@ -153,7 +153,7 @@ class PairedTest:
 
 
 def paired_test(frame: pd.DataFrame, label: str, reference: str, metric: str) -> PairedTest | None:
-    """Paired t-test over the seeds both methods finished (difference = method − reference)."""
+    """Paired t-test over the seed values both methods finished (difference = method − reference)."""
     done = frame[(frame["status"] == "finished") & frame[metric].notna()]
     pairs = (
         done[done["label"] == label]
