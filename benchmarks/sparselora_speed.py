@@ -133,8 +133,9 @@ def _instrument_estimator(engine: SparseLoRAEngine, device: torch.device) -> tup
 # cases --------------------------------------------------------------------------------------------
 def config_case(config_path: str, overrides: list[str], device: torch.device) -> Case:
     """A run config's model and real training batches; dense and sparse are two copies of one init."""
-    from sparselora.config import build_config, load_config
+    from sparselora.config import load_config
     from sparselora.methods import get_method
+    from sparselora.methods.sparselora import lora_counterpart
     from sparselora.training.inputs import load_inputs
 
     config = load_config(config_path, [*overrides, "progress=false"])
@@ -143,9 +144,7 @@ def config_case(config_path: str, overrides: list[str], device: torch.device) ->
     set_seed(config.seed)
     inputs = load_inputs(config)
     base, new_modules = inputs.load_base_model()
-    lora_config = build_config(
-        {k: v for k, v in config.to_flat_dict().items() if k in _lora_keys()} | {"method": "lora"}
-    )
+    lora_config = lora_counterpart(config)
     dense = get_method("lora").build(copy.deepcopy(base), inputs.build_context(new_modules, lora_config)).model
     sparse_setup = get_method("sparselora").build(base, inputs.build_context(new_modules))
     sparse_setup.model.load_state_dict(dense.state_dict())  # identical LoRA init and head
@@ -369,13 +368,6 @@ def main() -> None:
         f"speedup {result['speedup']:.3f}x | FLOPs ratio {'n/a' if flops_ratio is None else f'{flops_ratio:.3f}'} | "
         f"estimator {'n/a' if share is None else f'{100 * share:.1f}%'} of the step | → {args.out}"
     )
-
-
-def _lora_keys() -> set[str]:
-    from sparselora.config import RunConfig
-    from sparselora.methods.lora import LoraOptions
-
-    return (set(RunConfig.model_fields) - {"method_options", "method"}) | set(LoraOptions.model_fields)
 
 
 if __name__ == "__main__":

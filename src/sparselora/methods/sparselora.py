@@ -7,7 +7,7 @@ computes, not what is learned or stored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peft import get_peft_model
 from transformers import PreTrainedModel
@@ -18,6 +18,9 @@ from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, r
 from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.engine import apply_sparselora
 
+if TYPE_CHECKING:
+    from sparselora.config import RunConfig
+
 
 class SparseLoRAOptions(LoraOptions, SparseLoRAConfig):
     """LoRA keys plus the sparsity keys (svd_rank, ffn_sparsity, layer_sparsity, ...)."""
@@ -26,6 +29,14 @@ class SparseLoRAOptions(LoraOptions, SparseLoRAConfig):
 def sparse_config_of(options: SparseLoRAOptions, **changes) -> SparseLoRAConfig:
     """The engine's settings out of a run's method options (which also hold the LoRA keys)."""
     return SparseLoRAConfig(**{key: getattr(options, key) for key in SparseLoRAConfig.model_fields} | changes)
+
+
+def lora_counterpart(config: RunConfig) -> RunConfig:
+    """The same run as plain dense LoRA: what SparseLoRA is measured against (benchmarks)."""
+    from sparselora.config import build_config
+
+    keep = set(type(config).model_fields) - {"method_options", "method"} | set(LoraOptions.model_fields)
+    return build_config({k: v for k, v in config.to_flat_dict().items() if k in keep} | {"method": "lora"})
 
 
 def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
