@@ -109,3 +109,13 @@ def test_the_analysis_commands_refuse_the_backward_mode(tiny_bert_dir, data_env,
     config = build_config(tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward"))
     with pytest.raises(ValueError, match="sparse_pass: forward"):
         open_session(config, 1)
+
+
+def test_the_flops_calculator_does_not_count_the_backward_mode_as_the_forward_one(tiny_bert_dir):
+    from sparselora.config import build_config
+    from sparselora.flops import config_flops
+    from tests.conftest import tiny_run
+
+    flat = build_config(tiny_run(tiny_bert_dir, "runs", method="sparselora", sparse_pass="backward")).to_flat_dict()
+    with pytest.raises(ValueError, match="sparse_pass: backward is not counted"):
+        config_flops(flat, seq_len=16, batch_size=4)
