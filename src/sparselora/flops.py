@@ -17,7 +17,6 @@ of each batch, so its per-token cost shrinks with batch size.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from transformers import PretrainedConfig
 
 from sparselora.models import ArchSpec
 from sparselora.models.loading import Head, head_for
+from sparselora.sparse.config import kept_channels
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,6 @@ class FlopsReport:
         for part in [*self.layers, self.head]:
             names += [n for n in part.forward if n not in names]
         return names
-
-
-def kept_channels(width: int, sparsity: float) -> int:
-    """Channels the engine keeps (the same rounding as sparselora.sparse)."""
-    return max(1, math.ceil((1.0 - sparsity) * width))
 
 
 def kept_head_dims(shape: ModelShape, sparsity: float) -> int:

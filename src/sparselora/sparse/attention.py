@@ -16,7 +16,6 @@ attention kernel itself is the library's (``ALL_ATTENTION_FUNCTIONS``: sdpa or e
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sparselora.sparse.config import Predictor
+from sparselora.sparse.config import Predictor, kept_channels
 from sparselora.sparse.ffn import columns_forward, linear_parts, predicted_projection, rows_forward, transposed
 from sparselora.sparse.svd import LowRank
 
@@ -73,7 +72,7 @@ class SparseAttention:
 
     @property
     def num_kept(self) -> int:
-        kept = max(1, math.ceil((1.0 - self.sparsity) * self.head_dim))
+        kept = kept_channels(self.head_dim, self.sparsity)
         return kept + kept % 2 if self.rotary else kept  # rotary keeps (i, i + d/2) pairs
 
     # selection ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ backward (gradient accumulation) stay correct.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparselora.sparse.config import kept_channels
 from sparselora.sparse.ffn import linear_parts
 
 BackwardRule = Literal["contribution", "random"]
@@ -100,7 +100,7 @@ class BackwardSparseFFN:
 
     @property
     def num_kept(self) -> int:
-        return max(1, math.ceil((1.0 - self.sparsity) * self.width))
+        return kept_channels(self.width, self.sparsity)
 
     @torch.no_grad()
     def select(self, h: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -108,6 +109,11 @@ class SparseLoRAConfig(BaseModel):
             if not 0 <= sparsity < 1:
                 raise ValueError(f"'{key}': sparsity must be in [0, 1), got {sparsity}")
         return value
+
+
+def kept_channels(width: int, sparsity: float) -> int:
+    """Channels kept out of ``width`` at ``sparsity``: at least one. One rounding rule for engine and FLOPs."""
+    return max(1, math.ceil((1.0 - sparsity) * width))
 
 
 def layer_schedule(config: SparseLoRAConfig, num_layers: int, part: str) -> list[Sparsity]:

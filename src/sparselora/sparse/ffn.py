@@ -20,7 +20,6 @@ object only (``del module.forward`` restores it). No library class is patched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from sparselora.sparse.config import Predictor
+from sparselora.sparse.config import Predictor, kept_channels
 from sparselora.sparse.svd import LowRank
 
 
@@ -138,7 +137,7 @@ class SparseFFN:
 
     @property
     def num_kept(self) -> int:
-        return max(1, math.ceil((1.0 - self.sparsity) * self.width))
+        return kept_channels(self.width, self.sparsity)
 
     # selection ------------------------------------------------------------------------------
     @torch.no_grad()
