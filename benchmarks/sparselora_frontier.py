@@ -41,8 +41,9 @@ def sparse_step_share(label: str, seed_metrics: list[dict]) -> float:
 
 def check_same_sparsity(label: str, run_method: dict, benchmark: dict, benchmark_path: Path) -> None:
     """Refuse a benchmark timed at another sparsity than the cell trained with."""
-    timed = benchmark["sparselora"]
-    for key in ("ffn_sparsity_per_layer", "attn_sparsity_per_layer"):
+    timed = {"sparse_pass": "forward", **benchmark["sparselora"]}  # records from before the key existed
+    run_method = {"sparse_pass": "forward", **run_method}
+    for key in ("sparse_pass", "ffn_sparsity_per_layer", "attn_sparsity_per_layer"):
         if run_method[key] != timed[key]:
             raise SystemExit(
                 f"--point {label}={benchmark_path}: the benchmark's {key} {timed[key]} differs from the "
@@ -66,9 +67,11 @@ def frontier_point(
     if cell.empty:
         raise SystemExit(f"--point {label}: no finished '{task}__{label}__s*' run under {results_dir / 'runs'}")
     seeds = sorted(int(seed) for seed in cell["seed"])
-    seed_metrics = [read_run(results_dir / "runs" / f"{task}__{label}__s{seed}")[1] for seed in seeds]
+    seed_runs = [read_run(results_dir / "runs" / f"{task}__{label}__s{seed}") for seed in seeds]
+    seed_metrics = [metrics for _, metrics in seed_runs]
+    sparse_pass = seed_runs[0][0].get("sparse_pass", "forward")  # the run's config.yaml
     for benchmark, path in zip(benchmarks, benchmark_paths, strict=True):
-        check_same_sparsity(label, seed_metrics[0]["method"], benchmark, path)
+        check_same_sparsity(label, seed_metrics[0]["method"] | {"sparse_pass": sparse_pass}, benchmark, path)
     test = paired_test(frame[frame["task"] == task], label, reference, "accuracy")
     if test is None:
         raise SystemExit(f"--point {label}: no seed of it has a finished '{reference}' run to pair with")
@@ -77,6 +80,7 @@ def frontier_point(
     speedup = statistics.median(speedups)
     return {
         "label": label,
+        "sparse_pass": sparse_pass,
         "seeds": seeds,
         "accuracy": float(cell["accuracy"].mean()),
         "delta_pt": 100 * test.mean_difference,
@@ -91,14 +95,29 @@ def frontier_point(
     }
 
 
+def included_points(paths: list[Path], reference: str, measured: set[str]) -> list[dict]:
+    """Points of earlier frontier JSONs against the same reference; a cell measured here replaces its old point."""
+    points = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--include: no frontier JSON at {path}")
+        earlier = json.loads(path.read_text())
+        if earlier.get("reference") != reference:
+            raise SystemExit(f"--include {path}: its reference is '{earlier.get('reference')}', not '{reference}'")
+        points += [point for point in earlier["points"] if point["label"] not in measured]
+    return points
+
+
 def plot_frontier(points: list[dict], reference: str, target_speedup: float, target_delta: float, stem: Path):
     """Δ accuracy (paired, 95% CI) against speedup per sparse step, with the targets as a box."""
     figure, axis = plt.subplots(figsize=(6, 4.2))
     right = max(target_speedup, *(p["sparse_step_speedup"] for p in points)) + 0.05
+    markers = {"forward": ("o", "tab:blue"), "backward": ("^", "tab:orange")}
     for point in points:
         ci = point["delta_ci95_pt"]
         error = None if ci is None else [[point["delta_pt"] - ci[0]], [ci[1] - point["delta_pt"]]]
-        axis.errorbar(point["sparse_step_speedup"], point["delta_pt"], yerr=error, fmt="o", capsize=3)
+        marker, color = markers[point.get("sparse_pass", "forward")]
+        axis.errorbar(point["sparse_step_speedup"], point["delta_pt"], yerr=error, fmt=marker, color=color, capsize=3)
         on_the_right = point["sparse_step_speedup"] > (1 + right) / 2  # label inward, so it stays inside the axes
         axis.annotate(
             f"{point['label']} ({len(point['seeds'])} seeds)",
@@ -116,6 +135,9 @@ def plot_frontier(points: list[dict], reference: str, target_speedup: float, tar
         [target_speedup, right], -target_delta, top + 0.5, color="tab:green", alpha=0.12,
         label=f"target: ≥ {target_speedup}× and ≥ −{target_delta} pt",
     )  # fmt: skip
+    for mode, (marker, color) in markers.items():
+        if any(point.get("sparse_pass", "forward") == mode for point in points):
+            axis.plot([], [], marker, color=color, label=f"sparse_pass: {mode}")
     axis.set_xlim(0.98, right)
     axis.set_xlabel("speedup per sparse training step (benchmark, median)")
     axis.set_ylabel(f"accuracy − {reference} (pt, paired over seeds)")
@@ -127,7 +149,7 @@ def plot_frontier(points: list[dict], reference: str, target_speedup: float, tar
 def markdown(points: list[dict]) -> str:
     from sparselora.report.markdown import table
 
-    header = ["cell", "seeds", "accuracy", "Δ vs reference (95% CI)", "p"]
+    header = ["cell", "sparse pass", "seeds", "accuracy", "Δ vs reference (95% CI)", "p"]
     header += ["speedup per sparse step", "sparse steps", "whole run", "FLOPs ratio"]
     rows = []
     for p in points:
@@ -136,6 +158,7 @@ def markdown(points: list[dict]) -> str:
         rows.append(
             [
                 p["label"],
+                p.get("sparse_pass", "forward"),
                 len(p["seeds"]),
                 f"{p['accuracy']:.4f}",
                 f"{p['delta_pt']:+.2f} pt{ci}",
@@ -156,6 +179,10 @@ def main() -> None:
         "--point", action="append", required=True,
         help="CELL=BENCHMARK_JSON[,BENCHMARK_JSON...] (median speedup of the runs), once per point",
     )  # fmt: skip
+    parser.add_argument(
+        "--include", type=Path, action="append", default=[],
+        help="an earlier run's frontier JSON whose points join these (cells whose runs are no longer here)",
+    )  # fmt: skip
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--reference", default="lora")
     parser.add_argument("--target-speedup", type=float, default=1.3)
@@ -173,6 +200,7 @@ def main() -> None:
             parser.error(f"--point must be CELL=BENCHMARK_JSON[,BENCHMARK_JSON...], got '{point}'")
         benchmark_paths = [Path(path) for path in paths.split(",")]
         points.append(frontier_point(args.results_dir, frame, args.task, args.reference, label, benchmark_paths))
+    points += included_points(args.include, args.reference, {point["label"] for point in points})
     points.sort(key=lambda p: p["sparse_step_speedup"])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,30 @@ def test_lora_and_sparselora_steps_match_the_flop_counter(family, ffn, attn, tmp
     assert report.total("train") == pytest.approx(_measured_per_token(model, batch), rel=0.02)
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize(("ffn", "attn"), [(0.5, 0.0), (0.75, 0.5)])
+def test_the_exact_forward_mode_matches_the_flop_counter(family, ffn, attn):
+    model, config, batch, head, targets, task_type = _model(family)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type=task_type))
+    sparse = SparseLoRAConfig(sparse_pass="backward", ffn_sparsity=ffn, attn_sparsity=attn)
+    apply_sparselora(model, sparse, progress=False).start_sparse_now()
+    model.train()
+    setup = TrainingSetup(
+        seq_len=SEQ,
+        batch_size=BATCH,
+        head=head,
+        lora_ranks={0: 4, 1: 4},
+        ffn_sparsity=[ffn] * 2,
+        attn_sparsity=[attn] * 2,
+        sparse_pass="backward",
+    )
+    report = count_flops(ModelShape.from_config(config, get_arch(config.model_type)), setup)
+    assert report.total("train") == pytest.approx(_measured_per_token(model, batch), rel=0.02)
+    assert report.total("forward") == count_flops(
+        ModelShape.from_config(config, get_arch(config.model_type)), dense_counterpart(setup)
+    ).total("forward")
+
+
 def test_distilbert_worked_example():
     """docs/flops.md: DistilBERT FFN 768→3072→768, rank-4 estimator, 75% sparsity."""
     shape = ModelShape.from_config(DistilBertConfig(), get_arch("distilbert"))

@@ -89,6 +89,8 @@ class TrainingSetup:
     attn_sparsity: list[float] | None = None
     svd_rank: int = 8
     estimator_tokens: int = 256
+    # "backward": the forward stays dense; the sparsity applies to the frozen projections' input gradients only
+    sparse_pass: Literal["forward", "backward"] = "forward"
 
 
 @dataclass
@@ -135,8 +137,8 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
         backward = layer >= first_grad_layer
         ffn_s = setup.ffn_sparsity[layer] if setup.ffn_sparsity else 0.0
         attn_s = setup.attn_sparsity[layer] if setup.attn_sparsity else 0.0
-        qk_dims = kept_head_dims(shape, attn_s) if attn_s else shape.head_dim
-        v_dims = kept_head_dims(shape, attn_s) if attn_s else shape.head_dim
+        exact_forward = setup.sparse_pass == "backward"  # attention keeps every head dimension; FFN below
+        qk_dims = v_dims = kept_head_dims(shape, attn_s) if attn_s and not exact_forward else shape.head_dim
         kept_ffn = kept_channels(shape.intermediate, ffn_s) if ffn_s else shape.intermediate
         width = {
             "q": shape.heads * qk_dims,
@@ -154,7 +156,12 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
             input_grad = backward and (setup.full_finetune or layer > first_grad_layer or not reads_layer_input)
             weight_grad = backward and setup.full_finetune
             component = "ffn" if role in ("up", "gate", "down") else "attn_proj"
-            flops.add(component, computed, computed * (input_grad + weight_grad))
+            if exact_forward:  # dense forward; the FFN input gradient runs at the kept width, q/k/v's may drop
+                dense = 2 * n_in * n_out
+                frozen_grad = 0.0 if reads_layer_input and attn_s else computed
+                flops.add(component, dense, frozen_grad * input_grad + dense * weight_grad)
+            else:
+                flops.add(component, computed, computed * (input_grad + weight_grad))
             rank = setup.lora_ranks.get(layer)
             if rank and role in setup.lora_roles and not setup.full_finetune:
                 lora_backward = 2 * rank * (2 * n_out + n_in) + (2 * rank * n_in if input_grad else 0)
@@ -166,8 +173,9 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
             qk_scores + av_scores,
             _attention_backward(setup, layer, first_grad_layer, qk_scores, av_scores),
         )
-        estimated = (["up", "gate"] if shape.swiglu else ["up"]) if ffn_s else []
-        estimated += ["q", "k", "v"] if attn_s else []
+        # the exact-forward mode ranks channels by a norm of activations it has: no estimator matmul to count
+        estimated = (["up", "gate"] if shape.swiglu else ["up"]) if ffn_s and not exact_forward else []
+        estimated += ["q", "k", "v"] if attn_s and not exact_forward else []
         estimator = sum(2 * setup.svd_rank * sum(projections[role]) for role in estimated) * estimator_share
         if estimator:
             flops.add("estimator", estimator, 0.0)

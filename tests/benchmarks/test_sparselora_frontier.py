@@ -66,7 +66,7 @@ def test_frontier_pairs_seeds_and_scales_the_speedup_by_the_sparse_steps(
     (tmp_path / "bench.json").write_text(json.dumps(benchmark))
     _run_frontier(monkeypatch, out, [tmp_path / "bench.json"], tmp_path / "f")
     (point,) = json.loads((tmp_path / "f.json").read_text())["points"]
-    assert (tmp_path / "f.png").is_file() and "| sparse | 3 |" in capsys.readouterr().out
+    assert (tmp_path / "f.png").is_file() and "| sparse | forward | 3 |" in capsys.readouterr().out
     assert point["seeds"] == [0, 1, 2] and point["sparse_step_share"] == pytest.approx(0.6)
 
     def accuracy(label, seed):
@@ -102,3 +102,22 @@ def test_a_benchmark_of_other_sparsity_or_a_missing_one_is_refused(comparison, b
     with pytest.raises(SystemExit, match="no benchmark JSON at"):
         _run_frontier(monkeypatch, out, [tmp_path / "none.json"], tmp_path / "f")
     assert not (tmp_path / "f.json").exists()  # nothing written on bad input
+
+
+def test_points_of_an_earlier_frontier_join_and_a_remeasured_cell_replaces_its_old_point(
+    comparison, benchmark, tmp_path, monkeypatch
+):
+    out, _ = comparison
+    (tmp_path / "bench.json").write_text(json.dumps(benchmark))
+    _run_frontier(monkeypatch, out, [tmp_path / "bench.json"], tmp_path / "earlier")
+    earlier = json.loads((tmp_path / "earlier.json").read_text())
+    old = earlier["points"][0] | {"label": "old_cell", "sparse_pass": "backward", "sparse_step_speedup": 1.5}
+    stale = earlier["points"][0] | {"accuracy": 0.0}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier | {"points": [old, stale]}))
+    point = f"sparse={tmp_path / 'bench.json'}"
+    argv = ["sparselora_frontier.py", str(out), "--point", point, "--include", str(tmp_path / "earlier.json")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "both")])
+    frontier.main()
+    points = {point["label"]: point for point in json.loads((tmp_path / "both.json").read_text())["points"]}
+    assert set(points) == {"sparse", "old_cell"} and points["sparse"]["accuracy"] > 0
+    assert points["old_cell"]["sparse_pass"] == "backward"

@@ -35,22 +35,25 @@ def _write_config(folder: Path, keys: dict) -> Path:
     return path
 
 
-# Per method: what must survive the kill. Dropout needs the RNG state; SparseLoRA's schedule turns
-# sparse at step 8, after the checkpoint at 6; lora_prune prunes at step 4 and holds that mask after.
+# Per case: what must survive the kill. Dropout needs the RNG state; SparseLoRA's schedule turns
+# sparse at step 8, after the checkpoint at 6; lora_prune prunes at step 4 and holds that mask after;
+# the exact-forward mode's random rule draws channels with its own generator.
+SPARSE = {"method": "sparselora", "ffn_sparsity": 0.5, "attn_sparsity": 0.5, "sparse_warmup_ratio": 0.2}
 KILLED_RUNS = {
-    "lora": {"lora_dropout": 0.1},
-    "sparselora": {"svd_rank": 4, "ffn_sparsity": 0.5, "attn_sparsity": 0.5, "sparse_warmup_ratio": 0.2},
-    "lora_prune": {"prune_ratio": 0.5, "recovery_steps": 36},
+    "lora": {"method": "lora", "lora_dropout": 0.1},
+    "sparselora": {**SPARSE, "svd_rank": 4},
+    "sparselora_backward": {**SPARSE, "sparse_pass": "backward", "backward_rule": "random", "lora_dropout": 0.1},
+    "lora_prune": {"method": "lora_prune", "prune_ratio": 0.5, "recovery_steps": 36},
 }
 
 
-@pytest.mark.parametrize("method", list(KILLED_RUNS))
-def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(method, tiny_bert_dir, data_env, tmp_path):
+@pytest.mark.parametrize("case", list(KILLED_RUNS))
+def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(case, tiny_bert_dir, data_env, tmp_path):
     env = {**os.environ, "SPARSELORA_DATA_DIR": str(data_env)}
     # 10 epochs of 4 steps: the kill lands mid-epoch, so data position and RNG states must be restored
     keys = tiny_run(tiny_bert_dir, tmp_path / "killed", name="run", max_steps=40, save_steps=6, logging_steps=2)
-    keys |= {"method": method, **KILLED_RUNS[method]}
-    if method == "sparselora":
+    keys |= KILLED_RUNS[case]
+    if case == "sparselora":
         keys["svd_cache"] = str(tmp_path / "svd.safetensors")
 
     reference_keys = {**keys, "output_dir": str(tmp_path / "reference")}

@@ -50,14 +50,13 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
 def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[str, Any]) -> dict[str, Any]:
     """LoRA ranks plus each layer's FFN/attention sparsity and the estimator's size."""
     sparse = SparseLoRAConfig(**{key: config[key] for key in SparseLoRAConfig.model_fields if key in config})
-    if sparse.sparse_pass == "backward":  # a dense forward, sparse input gradients: not what the counter models
-        raise ValueError("the FLOPs calculator counts sparse_pass: forward only; sparse_pass: backward is not counted")
     return {
         **uniform_lora()(config, layers, method_report),
         "ffn_sparsity": layer_schedule(sparse, layers, "mlp"),
         "attn_sparsity": layer_schedule(sparse, layers, "attn"),
         "svd_rank": sparse.svd_rank,
         "estimator_tokens": sparse.estimator_tokens,
+        "sparse_pass": sparse.sparse_pass,
     }
 
 

@@ -103,11 +103,14 @@ class BackwardSparseFFN:
         return kept_channels(self.width, self.sparsity)
 
     @torch.no_grad()
-    def select(self, h: torch.Tensor) -> torch.Tensor:
+    def select(self, h: torch.Tensor, step: int) -> torch.Tensor:
         """The channels whose input gradient is computed, from the down projection's input ``h``."""
-        if self.rule == "random":  # its own generator: the global one draws the dropout masks of the forward
+        if self.rule == "random":
+            # its own generator (the global one draws the forward's dropout masks), seeded by layer and step
+            # so that a resumed run draws what the uninterrupted one did
             if self._generator is None or self._generator.device != h.device:
-                self._generator = torch.Generator(h.device).manual_seed(self.layer)
+                self._generator = torch.Generator(h.device)
+            self._generator.manual_seed(1_000_003 * step + self.layer)
             order = torch.randperm(self.width, device=h.device, generator=self._generator)
             return order[: self.num_kept].sort().values
         weight = linear_parts(self.down)[0].weight
@@ -154,7 +157,7 @@ class BackwardSparseFFN:
             pending, self._pending = self._pending, None
             if args or kwargs or pending is None or not self._active(engine, h):
                 return dense(h, *args, **kwargs)
-            pending.channels = self.keep = self.select(h)
+            pending.channels = self.keep = self.select(h, engine.step)
             pending.scale = self.width / self.num_kept if self.rule == "random" else 1.0
             return _ColumnsInputGrad.apply(h, base.weight, base.bias, pending)
 

@@ -173,6 +173,8 @@ class SparseLoRAEngine:
             "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.ffn],
             "sparse_from_step": self.sparse_from_step,
             "sparse_until_step": self.sparse_until_step,
+            "sparse_pass": self.config.sparse_pass,
+            "backward_rule": self.config.backward_rule,
             "svd_rank": self.config.svd_rank,
             "predictor": self.config.predictor,
             "mean_compensation": self.config.mean_compensation,
