@@ -301,6 +301,20 @@ CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
         "Invalid value for '--batches'",
     ),
     "eval --tolerance -1": lambda w: (["eval", str(w.good), "--tolerance", "-1"], "Invalid value for '--tolerance'"),
+    "eval --device nonsense": lambda w: (["eval", str(w.good), "--device", "gpu0"], "is not a device name"),
+    # the LLM training path
+    "unknown precision": lambda w: (w.train_args("precision=fp8"), "precision: Input should be 'auto'"),
+    "fp16 on the CPU": lambda w: (w.train_args("precision=fp16"), "fp16 needs a CUDA device"),
+    "training_args: unknown field": lambda w: (w.train_args("training_args={optimizer: sgd}"), "did you mean 'optim'"),
+    "training_args: a run key": lambda w: (w.train_args("training_args={num_train_epochs: 3}"), "run key `epochs`"),
+    "training_args: refused by transformers": lambda w: (
+        w.train_args("training_args={optim: no-such-optimizer}"),
+        "transformers refused them",
+    ),
+    "HF alias and run key together": lambda w: (
+        w.train_args("per_device_train_batch_size=8", "batch_size=4"),
+        "keep only 'batch_size'",
+    ),
 }
 
 

@@ -56,13 +56,20 @@ def test_listing_commands():
     assert "learning_rate" in runner.invoke(app, ["config-keys"]).output
 
 
+DDP_SPARSELORA = {"method": "sparselora", "ffn_sparsity": 0.5, "attn_sparsity": 0.5, "sparse_warmup_ratio": 0.0}
+
+
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tiny_bert_dir, shared_data_dir, tmp_path):
-    """DDP on CPU (gloo): both processes train, process 0 writes the run folder.
+@pytest.mark.parametrize("method_keys", [{}, DDP_SPARSELORA], ids=["lora", "sparselora"])
+def test_accelerate_launch_two_cpu_processes(method_keys, tiny_bert_dir, shared_data_dir, tmp_path):
+    """DDP on CPU (gloo): both processes train (SparseLoRA's engine in each), process 0 writes the run folder.
 
     `--cpu` would make accelerate run a single process; `--multi_gpu` selects its torchrun launcher.
     """
-    config = _yaml(tmp_path, tiny_run(tiny_bert_dir, tmp_path / "runs", name="ddp", max_steps=3, progress=False))
+    keys = tiny_run(tiny_bert_dir, tmp_path / "runs", name="ddp", max_steps=3, progress=False, **method_keys)
+    if method_keys:
+        keys["svd_cache"] = str(tmp_path / "svd.safetensors")
+    config = _yaml(tmp_path, keys)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -89,6 +96,8 @@ def test_accelerate_launch_two_cpu_processes(tiny_bert_dir, shared_data_dir, tmp
     metrics = json.loads((tmp_path / "runs" / "ddp" / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2, done.stderr[-3000:]
     assert metrics["train"]["steps"] == 3
+    if method_keys:
+        assert metrics["method"]["ffn_kept_fraction"] == pytest.approx(0.5)
 
 
 def test_svd_build_caches_and_reports(tiny_llama_dir, tmp_path):

@@ -151,11 +151,16 @@ def eval_(
         bool,
         typer.Option(help="SparseLoRA runs: evaluate with the training sparsity (recorded metrics are dense)."),
     ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: where training runs: CUDA if present).")
+    ] = None,
 ) -> None:
     """Reload a run's adapter onto its base model and reproduce its validation metrics."""
     from sparselora.evaluation.rerun import evaluate_run
+    from sparselora.training.precision import parse_device
 
-    recorded, measured = evaluate_run(run_dir, {"data_dir": str(data_dir)} if data_dir else None, sparse=sparse)
+    overrides = {"data_dir": str(data_dir)} if data_dir else None
+    recorded, measured = evaluate_run(run_dir, overrides, sparse=sparse, device=parse_device(device))
     table = Table(title=f"re-evaluation of {run_dir}")
     for column in ("metric", "recorded", "now", "difference"):
         table.add_column(column, justify="right" if column != "metric" else "left")

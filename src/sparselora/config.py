@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 from sparselora.methods.registry import MethodOptions, get_method, method_names
+from sparselora.training.precision import Precision
+from sparselora.training.trainer_args import apply_aliases, check_training_args, trainer_fields
 
 
 class ConfigError(ValueError):
@@ -26,7 +28,7 @@ class ConfigError(ValueError):
 
 # Keys that say where files are or what is shown, not what is trained: a finished or half-finished
 # run stays valid when only these change (resume, comparison cells).
-NON_RESULT_KEYS = frozenset({"output_dir", "data_dir", "progress", "save_steps"})
+NON_RESULT_KEYS = frozenset({"output_dir", "data_dir", "progress", "save_steps", "eval_steps"})
 
 
 class RunConfig(BaseModel):
@@ -82,14 +84,38 @@ class RunConfig(BaseModel):
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
+    precision: Precision = Field(
+        "auto",
+        description="fp32, bf16 or fp16 (CUDA only): the frozen base is loaded in it and autocast computes in it; "
+        "trainable weights stay fp32. auto: bf16 on a CUDA device that supports it, else fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward instead of storing them (non-reentrant)."
+    )
+    training_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More transformers TrainingArguments, passed through: optim, report_to, logging_dir, "
+        "dataloader_num_workers, torch_compile, ddp_*, fsdp, ... (the ones set from keys above are refused).",
+    )
 
     # measurement and output
     logging_steps: int = Field(10, gt=0, description="Write a train_log.jsonl line every N steps.")
     save_steps: int = Field(
         100, ge=0, description="Write a resumable checkpoint every N steps (0: never); removed once the run finishes."
     )
+    eval_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Also evaluate the eval split's loss every N steps during training (train_log.jsonl, "
+        "report_to trackers); the final evaluation runs either way.",
+    )
     timing_warmup_steps: int = Field(5, ge=0, description="Steps excluded from the median ms/step.")
     max_new_tokens: int = Field(256, gt=0, description="gsm8k: generation length at evaluation.")
+    chat_template: bool = Field(
+        True,
+        description="gsm8k (SFT): build prompts with the tokenizer's chat template when it has one "
+        "(instruction-tuned decoders); false: plain 'Question: ... Answer:' text.",
+    )
     progress: bool = Field(True, description="Show progress bars.")
 
     method_options: MethodOptions = Field(default_factory=MethodOptions, exclude=True)
@@ -99,6 +125,11 @@ class RunConfig(BaseModel):
     def _known_method(cls, value: str) -> str:
         get_method(value)
         return value
+
+    @field_validator("training_args")
+    @classmethod
+    def _passed_through_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_training_args(value)
 
     @field_validator("name")
     @classmethod
@@ -137,7 +168,11 @@ def _closest(key: str, allowed: list[str]) -> str:
 
 def _owner_hint(key: str) -> str:
     owners = [name for name in method_names() if key in get_method(name).options.model_fields]
-    return f" (a key of method(s) {', '.join(owners)})" if owners else ""
+    if owners:
+        return f" (a key of method(s) {', '.join(owners)})"
+    if key in trainer_fields():
+        return f" (a transformers TrainingArguments field: write it under `training_args:`, as {{{key}: ...}})"
+    return ""
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -151,6 +186,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 def build_config(raw: dict[str, Any], source: str = "") -> RunConfig:
     """Validate a flat dict: shared keys → RunConfig, the rest → the method's options."""
+    try:
+        raw = apply_aliases(raw)
+    except ValueError as err:
+        raise ConfigError(f"config {source}: {err}") from None
     method_name = raw.get("method", RunConfig.model_fields["method"].default)
     try:
         spec = get_method(method_name)

@@ -88,6 +88,42 @@ def test_gsm8k_labels_only_the_answer(data_env, tiny_llama_dir):
     assert len(prepared.eval_prompts) == 3
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}[SEP]{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.mark.parametrize("use_template", [True, False])
+def test_gsm8k_prompts_go_through_the_chat_template(data_env, tiny_llama_dir, use_template):
+    tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
+    tok.chat_template = CHAT_TEMPLATE
+    raw = get_task("gsm8k").load(build_config({"task": "gsm8k", "max_train_samples": 2, "max_eval_samples": 2}))
+    prepared = prepare(
+        "generation",
+        raw.train,
+        raw.eval,
+        tok,
+        causal=True,
+        max_length=512,
+        max_train_samples=None,
+        max_eval_samples=None,
+        chat_template=use_template,
+    )
+    row = prepared.train[0]
+    answer_start = row["labels"].index(next(label for label in row["labels"] if label != -100))
+    prompt, answer = tok.decode(row["input_ids"][:answer_start]), tok.decode(row["input_ids"][answer_start:])
+    assert row["labels"][answer_start:] == row["input_ids"][answer_start:]  # every answer token is trained
+    if use_template:
+        question = raw.train[0]["user"]
+        assert prompt.startswith("< | user | >") and prompt.endswith("< | assistant | >"), prompt
+        assert tok.decode(tok(question, add_special_tokens=False)["input_ids"]) in prompt
+        assert answer.endswith("[SEP]") and answer.count("[SEP]") == 1  # the template's end of turn, once
+        assert prepared.eval_prompts[0].endswith("<|assistant|>")
+    else:
+        assert prompt.startswith("question :") and prepared.eval_prompts[0].startswith("Question:")
+
+
 @pytest.mark.parametrize(
     ("text", "answer"),
     [

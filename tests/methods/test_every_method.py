@@ -1,4 +1,6 @@
-"""Every registered method trains a causal LM (tiny LLaMA, WikiText-2) and its saved run reloads exactly."""
+"""Every registered method trains a causal LM (tiny LLaMA, WikiText-2), in fp32 and bf16, and reloads exactly."""
+
+import json
 
 import pytest
 
@@ -18,8 +20,9 @@ EXTRA = {
 }
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", method_names())
-def test_method_on_a_decoder(method, tiny_llama_dir, data_env, tmp_path):
+def test_method_on_a_decoder(method, precision, tiny_llama_dir, data_env, tmp_path):
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
     keys = tiny_run(
@@ -31,10 +34,12 @@ def test_method_on_a_decoder(method, tiny_llama_dir, data_env, tmp_path):
         max_train_samples=32,
         max_eval_samples=8,
         max_steps=3,
+        precision=precision,
         **EXTRA.get(method, {}),
     )
     if method == "sparselora":
         keys["svd_cache"] = str(tmp_path / "svd.safetensors")
     run = train(build_config(keys))
-    recorded, measured = evaluate_run(run)
-    assert measured["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
+    assert json.loads((run / "metrics.json").read_text())["train"]["precision"] == precision
+    recorded, measured = evaluate_run(run)  # reloaded in the run's precision, under the same autocast
+    assert measured["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5 if precision == "fp32" else 1e-3)

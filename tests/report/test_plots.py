@@ -20,6 +20,6 @@ def test_plots_write_png_and_svg(tmp_path):
     )
     written = plot_quality_vs_time(summary, "accuracy", "t", tmp_path / "q")
     written += plot_peak_memory(summary, "m", tmp_path / "m")
-    written += plot_loss_curves({"lora": ([1, 2, 3], [0.7, 0.6, 0.5])}, "l", tmp_path / "l")
+    written += plot_loss_curves({"lora": ([1, 2, 3], [0.7, 0.6, 0.5])}, "l", tmp_path / "l", {"lora": ([3], [0.65])})
     assert sorted(p.name for p in written) == ["l.png", "l.svg", "m.png", "m.svg", "q.png", "q.svg"]
     assert all(p.stat().st_size > 1000 for p in written)

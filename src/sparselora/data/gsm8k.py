@@ -29,10 +29,13 @@ def final_answer(text: str) -> str | None:
 
 
 def _standard(split):
+    """SFT rows: the plain-text prompt and target, the raw turns for a chat template, the reference number."""
     return split.map(
         lambda row: {
             "prompt": prompt_for(row["question"]),
             "target": " " + row["answer"].strip(),
+            "user": row["question"].strip(),
+            "assistant": row["answer"].strip(),
             "answer": final_answer(row["answer"]),
         },
         remove_columns=split.column_names,

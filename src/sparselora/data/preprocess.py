@@ -76,12 +76,38 @@ def _blocks(ds: Dataset, tokenizer, block_size: int, limit: int | None = None) -
     return first_n(concatenate_datasets(chunks), limit) if chunks else ds.select([])
 
 
-def _sft(ds: Dataset, tokenizer, max_length: int) -> Dataset:
+def uses_chat_template(tokenizer, chat_template: bool) -> bool:
+    return chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+
+def sft_texts(row: dict, tokenizer, chat: bool) -> tuple[str, str]:
+    """(prompt, target) text of one SFT row: plain, or the two chat turns rendered by the tokenizer's template.
+
+    With a template the target is what the template adds after the generation prompt: the answer and the
+    end-of-turn marker the model must learn to emit (SmolLM2: ``<|im_end|>``).
+    """
+    if not chat:
+        return row["prompt"], row["target"]
+    user = [{"role": "user", "content": row["user"]}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": row["assistant"]}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(
+            "the tokenizer's chat template does not render the prompt as a prefix of the whole conversation; "
+            "set `chat_template: false` to train on plain 'Question: ... Answer:' prompts"
+        )
+    return prompt, full[len(prompt) :]
+
+
+def _sft(ds: Dataset, tokenizer, max_length: int, chat: bool) -> Dataset:
     """Prompt + target; the loss sees only target tokens (prompt labels are -100)."""
 
     def encode(row):
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        target = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_text, target_text = sft_texts(row, tokenizer, chat)
+        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        target = tokenizer(target_text, add_special_tokens=False)["input_ids"]
+        if not chat:  # the template's end-of-turn already ends a chat target
+            target.append(tokenizer.eos_token_id)
         ids = (prompt + target)[:max_length]
         labels = ([-100] * len(prompt) + target)[:max_length]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
@@ -99,7 +125,9 @@ def prepare(
     max_length: int,
     max_train_samples: int | None,
     max_eval_samples: int | None,
+    chat_template: bool = False,
 ) -> Prepared:
+    """Tokenised splits and collators; ``chat_template``: SFT prompts through the tokenizer's template if any."""
     if kind == "classification":
         padding = DataCollatorWithPadding(tokenizer)
         return Prepared(
@@ -124,11 +152,12 @@ def prepare(
             DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15, seed=MLM_EVAL_SEED),
         )
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    chat = uses_chat_template(tokenizer, chat_template)
     return Prepared(
-        _sft(train, tokenizer, max_length),
-        _sft(evaluation, tokenizer, max_length),
+        _sft(train, tokenizer, max_length, chat),
+        _sft(evaluation, tokenizer, max_length, chat),
         collator,
         collator,
-        eval_prompts=list(evaluation["prompt"]),
+        eval_prompts=[sft_texts(row, tokenizer, chat)[0] for row in evaluation],
         eval_answers=list(evaluation["answer"]),
     )

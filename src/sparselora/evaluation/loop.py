@@ -104,7 +104,9 @@ def generate(
     outputs = []
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+            # tokenised as in training (no special tokens added: a chat template writes its own)
+            batch = prompts[i : i + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 from safetensors import safe_open
 from torch import nn
@@ -71,11 +72,12 @@ def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
 
 
 def evaluate_run(
-    run_dir: Path, overrides: dict[str, Any] | None = None, sparse: bool = False
+    run_dir: Path, overrides: dict[str, Any] | None = None, sparse: bool = False, device: torch.device | None = None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics recorded at training time, metrics measured now from the saved files).
 
-    ``sparse``: evaluate a SparseLoRA run with its training-time sparsity instead of dense.
+    ``sparse``: evaluate a SparseLoRA run with its training-time sparsity instead of dense. ``device``: where
+    (default: the training device), in the run's precision there.
     """
     raw_config, recorded = read_run(run_dir)
     label_names = recorded.get("run", {}).get("label_names")
@@ -85,8 +87,10 @@ def evaluate_run(
     if sparse and config.method != "sparselora":
         raise ValueError(f"--sparse evaluates SparseLoRA runs; '{run_dir}' was trained with method '{config.method}'")
     set_seed(config.seed)
-    inputs = load_inputs(config)
+    inputs = load_inputs(config, device)
     model = load_trained(Path(run_dir), inputs)
+    if next(model.parameters()).device != inputs.device:
+        model.to(inputs.device)
     if sparse:
         _attach_sparsity(model, config, inputs)
     result = run_evaluation(model, inputs)

@@ -13,7 +13,7 @@ import importlib.util
 from typing import Any, Literal
 
 import torch
-from peft import get_peft_model
+from peft import get_peft_model, prepare_model_for_kbit_training
 from pydantic import Field
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
@@ -43,14 +43,15 @@ def require_bitsandbytes() -> None:
         )
 
 
-def quantization_kwargs(options: QLoraOptions) -> dict[str, Any]:
+def quantization_kwargs(options: QLoraOptions, compute_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """4-bit NF4 storage; the 4-bit layers compute in the run's precision (bf16 on a GPU with ``precision: auto``)."""
     require_bitsandbytes()
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=options.quant_type,
             bnb_4bit_use_double_quant=options.double_quant,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=compute_dtype,
             llm_int8_skip_modules=_FULL_PRECISION_MODULES,
         )
     }
@@ -76,6 +77,12 @@ def keep_training_kernel(model: PreTrainedModel) -> None:
 def build_qlora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     # No forward pass before wrapping: bitsandbytes' CPU path then fails with an in-place view error.
     options: QLoraOptions = ctx.config.method_options  # type: ignore[assignment]
+    # PEFT's k-bit recipe: norms, embeddings and heads in fp32, input gradients on for checkpointing
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=ctx.config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
     return MethodSetup(model=peft_model, report=lambda: {**adapter_report(peft_model), **quantized_report(model)})
 

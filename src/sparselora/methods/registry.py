@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
@@ -66,9 +67,9 @@ class MethodSpec:
     summary: str
     options: type[MethodOptions]
     build: Callable[[PreTrainedModel, BuildContext], MethodSetup]
-    # extra ``from_pretrained`` arguments for the base model (e.g. QLoRA's quantization_config),
-    # used when training and again when a saved run is reloaded
-    load_kwargs: Callable[[Any], dict[str, Any]] | None = None
+    # extra ``from_pretrained`` arguments for the base model given the method's options and the run's compute
+    # dtype (QLoRA's quantization_config; full fine-tuning's fp32 weights), on training and on reload
+    load_kwargs: Callable[[Any, torch.dtype], dict[str, Any]] | None = None
     # adjusts the loaded base model before anything runs on it (QLoRA: keep one 4-bit kernel), also on reload
     prepare_base: Callable[[PreTrainedModel], None] | None = None
     # the FLOPs calculator's view of a run: TrainingSetup fields (lora_ranks, full_finetune, sparsity), given

@@ -173,7 +173,7 @@ def load_model(
 
     Returns the model and the names of modules whose weights were freshly initialised (a new
     classifier, MiniLM's missing MLM transform): adapters methods must train and save them.
-    ``extra`` goes to ``from_pretrained`` (a method's ``quantization_config``).
+    ``extra`` goes to ``from_pretrained`` (the run's ``dtype``, a method's ``quantization_config``).
     """
     kwargs: dict = {
         "dtype": torch.float32,

@@ -37,14 +37,17 @@ def load_results_config(results_dir: Path) -> CompareConfig:
         raise NotAResultsFolderError(f"'{path}' is not a readable comparison config: {err}") from None
 
 
-def loss_curves(results_dir: Path, task: str, labels: list[str]) -> dict[str, tuple[list[int], list[float]]]:
+def loss_curves(
+    results_dir: Path, task: str, labels: list[str], key: str = "loss"
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Mean over seeds of a logged value (``loss``, or ``eval_loss`` of runs with ``eval_steps``) per step."""
     curves = {}
     for label in labels:
         logs = []
         for run_dir in sorted((results_dir / "runs").glob(f"{task}__{label}__s*")):
-            entries = read_train_log(run_dir)
-            if entries:
-                logs.append(pd.Series({e["step"]: e["loss"] for e in entries if "loss" in e}))
+            series = pd.Series({e["step"]: e[key] for e in read_train_log(run_dir) if key in e}, dtype=float)
+            if not series.empty:
+                logs.append(series)
         if logs:
             mean = pd.concat(logs, axis=1).mean(axis=1).sort_index()
             curves[label] = (mean.index.tolist(), mean.tolist())
@@ -81,7 +84,8 @@ def _write_report(results_dir: Path, config: CompareConfig, command: str | None)
             written += plot_quality_vs_time(summary, metric, f"{task}: {metric} vs time", plots / "quality_vs_time")
             written += plot_peak_memory(summary, f"{task}: peak memory", plots / "peak_memory")
             curves = loss_curves(results_dir, task, list(config.methods))
-            written += plot_loss_curves(curves, f"{task}: training loss", plots / "loss_curves")
+            eval_curves = loss_curves(results_dir, task, list(config.methods), key="eval_loss")
+            written += plot_loss_curves(curves, f"{task}: loss", plots / "loss_curves", eval_curves)
         validation.append(validation_markdown(task, summary, config))
     atomic_write_text(results_dir / "validation.md", "\n".join(validation))
     return [*written, results_dir / "validation.md"]

@@ -82,13 +82,19 @@ def plot_peak_memory(summary, title: str, path_stem: Path) -> list[Path]:
     return save_figure(figure, path_stem)
 
 
-def plot_loss_curves(curves: dict[str, tuple[list[int], list[float]]], title: str, path_stem: Path) -> list[Path]:
-    """Training loss per method (mean over seeds at each logged step)."""
+Curves = dict[str, tuple[list[int], list[float]]]
+
+
+def plot_loss_curves(curves: Curves, title: str, path_stem: Path, eval_curves: Curves | None = None) -> list[Path]:
+    """Training loss per method (mean over seeds at each logged step); eval loss dashed, in the same colour."""
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for label, (steps, losses) in curves.items():
-        axis.plot(steps, losses, label=label)
+        (line,) = axis.plot(steps, losses, label=label)
+        if eval_curves and label in eval_curves:
+            eval_steps, eval_losses = eval_curves[label]
+            axis.plot(eval_steps, eval_losses, "--", marker=".", color=line.get_color(), label=f"{label} (eval)")
     axis.set_xlabel("step")
-    axis.set_ylabel("training loss")
+    axis.set_ylabel("training loss (solid), eval loss (dashed)" if eval_curves else "training loss")
     axis.set_title(title)
     axis.legend(fontsize=8, ncol=2)
     return save_figure(figure, path_stem)

@@ -24,6 +24,7 @@ from sparselora.models import (
     resolve_model,
 )
 from sparselora.models.loading import Head, head_for
+from sparselora.training.precision import DTYPES, Resolved, resolve_precision, trainable_in_fp32, training_device
 
 
 @dataclass
@@ -38,6 +39,8 @@ class RunInputs:
     num_labels: int | None
     label_names: list[str]
     data: Prepared
+    device: torch.device  # where the run trains or is evaluated
+    precision: Resolved  # the config's precision on that device
 
     def build_context(self, new_modules: list[str] | tuple[str, ...], config: RunConfig | None = None) -> BuildContext:
         """What a method's ``build`` learns about the run (``config``: another method's keys on the same inputs)."""
@@ -52,12 +55,15 @@ class RunInputs:
     def build_method(self) -> MethodSetup:
         """The run's base model, built into what its method trains (adapters, callbacks, engine)."""
         base, new_modules = self.load_base_model()
-        return get_method(self.config.method).build(base, self.build_context(new_modules))
+        setup = get_method(self.config.method).build(base, self.build_context(new_modules))
+        trainable_in_fp32(setup.model)  # a bf16/fp16 base: the optimiser steps fp32 weights
+        return setup
 
     def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
-        """The base model as the run's method wants it loaded (QLoRA: 4-bit)."""
+        """The base model as the run's method wants it loaded (QLoRA: 4-bit), in the run's precision."""
         method = get_method(self.config.method)
-        extra = method.load_kwargs(self.config.method_options) if method.load_kwargs else {}
+        dtype = DTYPES[self.precision]
+        extra = {"dtype": dtype} | (method.load_kwargs(self.config.method_options, dtype) if method.load_kwargs else {})
         model, new_modules = load_model(
             self.source, self.head, self.tokenizer, self.num_labels, self.label_names, **extra
         )
@@ -90,7 +96,10 @@ def check_max_length(config: RunConfig, model_config) -> None:
         )
 
 
-def load_inputs(config: RunConfig) -> RunInputs:
+def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInputs:
+    """Everything a run reads, for training (``device`` None: the Trainer's device) or evaluating on ``device``."""
+    device = device or training_device()
+    precision = resolve_precision(config.precision, device)
     source = resolve_model(config.model, config.trust_remote_code)
     model_config = load_config(source)
     try:
@@ -111,6 +120,7 @@ def load_inputs(config: RunConfig) -> RunInputs:
         max_length=config.max_length,
         max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples,
+        chat_template=config.chat_template,
     )
     return RunInputs(
         config=config,
@@ -123,4 +133,6 @@ def load_inputs(config: RunConfig) -> RunInputs:
         num_labels=len(raw.label_names) if task.kind == "classification" else None,
         label_names=raw.label_names,
         data=data,
+        device=device,
+        precision=precision,
     )

@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,55 +46,71 @@ from sparselora.training.environment import describe_environment
 from sparselora.training.inputs import RunInputs, load_inputs
 from sparselora.training.measure import PeakMemory, StepTimer
 from sparselora.training.params import count_parameters
+from sparselora.training.precision import autocast, resolve_precision, training_device
 
 logger = logging.getLogger(__name__)
 
 
 def training_arguments(config: RunConfig, checkpoints: str, distributed: bool) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=checkpoints,
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps or config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_grad_norm=config.max_grad_norm,
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=2,  # the newest may be cut short by a kill; the one before is then complete
-        eval_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=not config.progress,
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-        ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
-        logging_nan_inf_filter=False,  # a diverged run must show NaN, not a filtered average
-        label_names=["labels"],
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-    )
+    """The Trainer's arguments: sparselora's keys, then the config's ``training_args`` passed through."""
+    precision = resolve_precision(config.precision, training_device())
+    arguments: dict[str, Any] = {
+        "output_dir": checkpoints,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.eval_batch_size,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps or -1,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": config.warmup_steps or config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_grad_norm": config.max_grad_norm,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "gradient_checkpointing": config.gradient_checkpointing,
+        # non-reentrant: the frozen embeddings' outputs need no requires_grad hack, and hooks run once
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if config.gradient_checkpointing else None,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps" if config.save_steps else "no",
+        "save_steps": config.save_steps or 500,
+        "save_total_limit": 2,  # the newest may be cut short by a kill; the one before is then complete
+        "eval_strategy": "steps" if config.eval_steps else "no",
+        "eval_steps": config.eval_steps,
+        "report_to": "none",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "disable_tqdm": not config.progress,
+        "use_cpu": not torch.cuda.is_available(),
+        "ddp_backend": "gloo" if distributed and not torch.cuda.is_available() else None,
+        "ddp_find_unused_parameters": False,  # every trainable parameter takes part in every step
+        "logging_nan_inf_filter": False,  # a diverged run must show NaN, not a filtered average
+        "label_names": ["labels"],
+        "remove_unused_columns": False,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
+    }
+    try:
+        return TrainingArguments(**(arguments | config.training_args))
+    except (ValueError, TypeError, ImportError) as err:
+        raise ConfigError(f"config key 'training_args': transformers refused them: {err}") from None
 
 
 def run_evaluation(model, inputs: RunInputs) -> EvalResult:
+    """The timed final evaluation, on the run's device and in its precision."""
     config = inputs.config
-    return evaluate(
-        model,
-        inputs.data,
-        kind=inputs.task.kind,
-        causal=inputs.causal,
-        num_labels=inputs.num_labels,
-        batch_size=config.eval_batch_size,
-        tokenizer=inputs.tokenizer,
-        max_new_tokens=config.max_new_tokens,
-        progress=config.progress,
-    )
+    with autocast(inputs.device, inputs.precision):
+        return evaluate(
+            model,
+            inputs.data,
+            kind=inputs.task.kind,
+            causal=inputs.causal,
+            num_labels=inputs.num_labels,
+            batch_size=config.eval_batch_size,
+            tokenizer=inputs.tokenizer,
+            max_new_tokens=config.max_new_tokens,
+            progress=config.progress,
+        )
 
 
 def assemble_metrics(
@@ -128,6 +145,9 @@ def assemble_metrics(
             "epochs": state.epoch,
             "train_examples": len(inputs.data.train),
             "world_size": trainer.args.world_size,
+            "precision": inputs.precision,
+            "device": str(inputs.device),
+            "gradient_checkpointing": config.gradient_checkpointing,
             "final_logged_loss": losses[-1] if losses else None,
             "wall_time_s": wall_s,
             "median_step_ms": timer.median_step_ms(),
@@ -239,13 +259,16 @@ def _train_and_publish(
 
     timer = StepTimer(work / TRAIN_LOG_FILE, config.timing_warmup_steps)
     guard = NonFiniteGuard(setup.model)
-    trainer = Trainer(
-        model=setup.model,
-        args=args,
-        train_dataset=inputs.data.train,
-        data_collator=inputs.data.train_collator,
-        callbacks=[timer, *setup.callbacks, guard],
-    )
+    with _tensorboard_logs_in(work / "tensorboard"):
+        trainer = Trainer(
+            model=setup.model,
+            args=args,
+            train_dataset=inputs.data.train,
+            # eval_steps: the eval split's loss during training (masked LM: masks drawn as in training)
+            eval_dataset=inputs.data.eval if config.eval_steps else None,
+            data_collator=inputs.data.train_collator,
+            callbacks=[timer, *setup.callbacks, guard],
+        )
     with PeakMemory(args.device) as memory:
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -272,6 +295,20 @@ def _train_and_publish(
     publish(work, final_dir)
     logger.info("run written to %s", final_dir)
     return final_dir
+
+
+@contextmanager
+def _tensorboard_logs_in(folder: Path) -> Iterator[None]:
+    """``report_to: tensorboard`` writes into the run folder (the Trainer's default, the checkpoint folder, is
+    deleted when the run finishes); ``TENSORBOARD_LOGGING_DIR`` set by the user wins. Its callback reads it once."""
+    if "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        del os.environ["TENSORBOARD_LOGGING_DIR"]
 
 
 def _world_size() -> int:

@@ -36,7 +36,12 @@ class StepTimer(TrainerCallback):
         self._window.append(elapsed)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
+        if not state.is_world_process_zero or not logs:
+            return
+        if "eval_loss" in logs:  # evaluation during training (eval_steps)
+            epoch = round(state.epoch or 0.0, 4)
+            self._write({"step": state.global_step, "epoch": epoch, "eval_loss": logs["eval_loss"]})
+        if "loss" not in logs:
             return
         record = {
             "step": state.global_step,
@@ -47,6 +52,9 @@ class StepTimer(TrainerCallback):
             "step_ms": 1000 * statistics.mean(self._window) if self._window else None,
         }
         self._window = []
+        self._write(record)
+
+    def _write(self, record: dict) -> None:
         with self.log_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
