@@ -62,9 +62,21 @@ def _error_paragraph(err: BaseException) -> str:
 _OPTIONS = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        libraries = ("torch", "transformers", "peft", "accelerate", "datasets")
+        console.print(f"sparselora {version('sparselora')} ({', '.join(f'{n} {version(n)}' for n in libraries)})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full Python traceback of an error.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the versions and exit.")
+    ] = False,
 ) -> None:
     """Sparse fine-tuning of transformers, measured honestly."""
     _OPTIONS["debug"] = debug
@@ -178,6 +190,32 @@ def eval_(
         console.print(f"[bold red]metrics differ by up to {worst:.2e} (> {tolerance:g})[/]")
         raise typer.Exit(code=1)
     console.print(f"reproduced: every metric within {tolerance:g}")
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `sparselora train`.")],
+    merge: Annotated[
+        Path, typer.Option("--merge", help="New folder for the adapter merged into its base (a plain model).")
+    ],
+) -> None:
+    """Merge a run's adapter into its base model: a transformers folder that from_pretrained and pipeline() load."""
+    from sparselora.export import merge_run
+
+    out = merge_run(run_dir, merge)
+    console.print(f"merged model written to {out} (load with AutoModelFor….from_pretrained or pipeline())")
+
+
+@app.command("push")
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo, e.g. you/sst2-lora (created if missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+) -> None:
+    """Upload a run's adapter, tokenizer and model card to the Hugging Face Hub."""
+    from sparselora.hub import push_run
+
+    console.print(f"uploaded: {push_run(run_dir, repo_id, private=private)}")
 
 
 svd_app = typer.Typer(help="The SparseLoRA SVD estimator's cached factors.", no_args_is_help=True)
@@ -503,7 +541,10 @@ def tasks() -> None:
 
     for name in task_names():
         spec = get_task(name)
-        console.print(f"{name:10s} {spec.kind:18s} {spec.dataset_id}")
+        source = "your own files" if spec.dataset_id is None else spec.dataset_id
+        console.print(
+            f"{name:10s} {spec.kind:18s} {source}{' / ' + spec.dataset_config if spec.dataset_config else ''}"
+        )
 
 
 @app.command("config-keys")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sparselora.evaluation.metrics import MetricName
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 from sparselora.methods.registry import MethodOptions, get_method, method_names
@@ -28,7 +29,9 @@ class ConfigError(ValueError):
 
 # Keys that say where files are or what is shown, not what is trained: a finished or half-finished
 # run stays valid when only these change (resume, comparison cells).
-NON_RESULT_KEYS = frozenset({"output_dir", "data_dir", "progress", "save_steps", "eval_steps"})
+NON_RESULT_KEYS = frozenset(
+    {"output_dir", "data_dir", "progress", "save_steps", "eval_steps", "hub_model_id", "hub_private"}
+)
 
 
 class RunConfig(BaseModel):
@@ -43,7 +46,11 @@ class RunConfig(BaseModel):
     trust_remote_code: bool = Field(
         False, description="Let a model folder or Hub repo run its own Python code. Only for sources you trust."
     )
-    task: str = Field("sst2", description="sst2, imdb, mrpc, wikitext2, gsm8k, or csv/tsv/jsonl for your own files.")
+    task: str = Field(
+        "sst2",
+        description="sst2, imdb, mrpc, wikitext2, gsm8k; csv/tsv/jsonl/parquet/arrow for your own files; "
+        "dataset for any classification dataset load_dataset opens (keys dataset, dataset_config, *_split).",
+    )
     method: str = Field("lora", description="A registered method name (see `sparselora methods`).")
     seed: int = Field(0, description="Seeds model init, dropout and data order.")
     output_dir: Path = Field(Path("runs"), description="Parent folder of run folders.")
@@ -57,16 +64,22 @@ class RunConfig(BaseModel):
     )
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N training examples.")
     max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N evaluation examples.")
-    train_file: Path | None = Field(None, description="csv/tsv/jsonl task: training file.")
-    eval_file: Path | None = Field(None, description="csv/tsv/jsonl task: evaluation file.")
-    text_column: str = Field("text", description="csv/tsv/jsonl task: column with the input text.")
-    text_pair_column: str | None = Field(
-        None, description="csv/tsv/jsonl task: optional second text column (sentence pairs)."
+    dataset: str | None = Field(
+        None, description="task 'dataset': a Hub dataset id or a local folder, opened by datasets.load_dataset."
     )
-    label_column: str = Field("label", description="csv/tsv/jsonl task: column with the label.")
+    dataset_config: str | None = Field(None, description="task 'dataset': its configuration (GLUE's 'cola').")
+    train_split: str = Field("train", description="task 'dataset': the split to train on.")
+    eval_split: str = Field("validation", description="task 'dataset': the split to evaluate on.")
+    train_file: Path | None = Field(None, description="file tasks (csv/tsv/jsonl/parquet/arrow): training file.")
+    eval_file: Path | None = Field(None, description="file tasks (csv/tsv/jsonl/parquet/arrow): evaluation file.")
+    text_column: str = Field("text", description="file and dataset tasks: column with the input text.")
+    text_pair_column: str | None = Field(
+        None, description="file and dataset tasks: optional second text column (sentence pairs)."
+    )
+    label_column: str = Field("label", description="file and dataset tasks: column with the label.")
     label_names: list[str] | None = Field(
         None,
-        description="csv/tsv/jsonl task: class names in class-id order; default: the training file's labels, "
+        description="file and dataset tasks: class names in class-id order; default: the training file's labels, "
         "numbers in numeric order, other labels sorted. Recorded in every run (metrics.json, the model's id2label).",
     )
 
@@ -109,6 +122,11 @@ class RunConfig(BaseModel):
         description="Also evaluate the eval split's loss every N steps during training (train_log.jsonl, "
         "report_to trackers); the final evaluation runs either way.",
     )
+    metrics: list[MetricName] | None = Field(
+        None,
+        description="Task metrics to report besides eval_loss: accuracy, f1, f1_macro, matthews_correlation "
+        "(classification), perplexity, exact_match (gsm8k); default: accuracy+f1 / perplexity / +exact_match.",
+    )
     timing_warmup_steps: int = Field(5, ge=0, description="Steps excluded from the median ms/step.")
     max_new_tokens: int = Field(256, gt=0, description="gsm8k: generation length at evaluation.")
     chat_template: bool = Field(
@@ -117,6 +135,12 @@ class RunConfig(BaseModel):
         "(instruction-tuned decoders); false: plain 'Question: ... Answer:' text.",
     )
     progress: bool = Field(True, description="Show progress bars.")
+    hub_model_id: str | None = Field(
+        None,
+        description="Upload the finished run (adapter, tokenizer, model card) to this Hub model repo, e.g. "
+        "'you/sst2-lora'; needs a token (`hf auth login` or HF_TOKEN). Off by default.",
+    )
+    hub_private: bool = Field(False, description="hub_model_id: create the repo private.")
 
     method_options: MethodOptions = Field(default_factory=MethodOptions, exclude=True)
 

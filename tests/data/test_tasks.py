@@ -66,19 +66,24 @@ def test_wikitext_blocks_and_masked_eval_is_deterministic(data_env, tokenizer):
     assert torch.equal(masked_a["labels"], masked_b["labels"]) and (masked_a["labels"] != -100).any()
 
 
-def test_gsm8k_labels_only_the_answer(data_env, tiny_llama_dir):
-    tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
-    raw = get_task("gsm8k").load(build_config({"task": "gsm8k", "max_train_samples": 4, "max_eval_samples": 3}))
-    prepared = prepare(
+def _prepare_gsm8k(raw, tokenizer, chat_template: bool):
+    return prepare(
         "generation",
         raw.train,
         raw.eval,
-        tok,
+        tokenizer,
         causal=True,
         max_length=512,
         max_train_samples=None,
         max_eval_samples=None,
+        chat_template=chat_template,
     )
+
+
+def test_gsm8k_labels_only_the_answer(data_env, tiny_llama_dir):
+    tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
+    raw = get_task("gsm8k").load(build_config({"task": "gsm8k", "max_train_samples": 4, "max_eval_samples": 3}))
+    prepared = _prepare_gsm8k(raw, tok, chat_template=False)
     row = prepared.train[0]
     prompt_len = len(tok(raw.train[0]["prompt"], add_special_tokens=False)["input_ids"])
     assert all(label == -100 for label in row["labels"][:prompt_len])
@@ -99,17 +104,7 @@ def test_gsm8k_prompts_go_through_the_chat_template(data_env, tiny_llama_dir, us
     tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
     tok.chat_template = CHAT_TEMPLATE
     raw = get_task("gsm8k").load(build_config({"task": "gsm8k", "max_train_samples": 2, "max_eval_samples": 2}))
-    prepared = prepare(
-        "generation",
-        raw.train,
-        raw.eval,
-        tok,
-        causal=True,
-        max_length=512,
-        max_train_samples=None,
-        max_eval_samples=None,
-        chat_template=use_template,
-    )
+    prepared = _prepare_gsm8k(raw, tok, chat_template=use_template)
     row = prepared.train[0]
     answer_start = row["labels"].index(next(label for label in row["labels"] if label != -100))
     prompt, answer = tok.decode(row["input_ids"][:answer_start]), tok.decode(row["input_ids"][answer_start:])
@@ -247,3 +242,64 @@ def test_default_run_names_of_file_tasks_include_the_file(tmp_path):
     first = build_config({"task": "tsv", "train_file": "a/qnli.tsv", "eval_file": "x.tsv"})
     second = build_config({"task": "tsv", "train_file": "b/cola.tsv", "eval_file": "x.tsv"})
     assert first.run_name == "tsv_qnli_minilm_lora_s0" and second.run_name == "tsv_cola_minilm_lora_s0"
+
+
+def _sst2_frames(shared_data_dir, rows: int):
+    import pandas as pd
+
+    read = lambda name: pd.read_csv(shared_data_dir / "sst2" / name, sep="\t", quoting=3).head(rows)  # noqa: E731
+    return read("train.tsv"), read("validation.tsv")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_parquet_and_arrow_files_are_file_tasks(shared_data_dir, tmp_path, fmt):
+    from datasets import Dataset
+
+    train, validation = _sst2_frames(shared_data_dir, 40)
+    paths = {}
+    for name, frame in (("train", train), ("validation", validation)):
+        dataset = Dataset.from_pandas(frame, preserve_index=False)
+        paths[name] = tmp_path / f"{name}.{fmt}"
+        if fmt == "parquet":
+            dataset.to_parquet(paths[name])
+        else:
+            dataset.save_to_disk(tmp_path / name)
+            paths[name] = next((tmp_path / name).glob("*.arrow"))
+    config = build_config(
+        {
+            "task": fmt,
+            "train_file": str(paths["train"]),
+            "eval_file": str(paths["validation"]),
+            "text_column": "sentence",
+        }
+    )
+    data = get_task(fmt).load(config)
+    assert len(data.train) == 40 and data.label_names == ["0", "1"]
+    assert data.train["text"][0] == train["sentence"][0]
+
+
+def test_the_dataset_task_opens_a_folder_with_load_dataset_and_keeps_class_names(shared_data_dir, tmp_path):
+    from datasets import ClassLabel, Dataset
+
+    train, validation = _sst2_frames(shared_data_dir, 30)
+    for name, frame in (("train", train), ("validation", validation)):
+        dataset = Dataset.from_pandas(frame, preserve_index=False)
+        dataset = dataset.cast_column("label", ClassLabel(names=["negative", "positive"]))
+        dataset.to_parquet(tmp_path / "sst2" / f"{name}.parquet")
+    config = build_config({"task": "dataset", "dataset": str(tmp_path / "sst2"), "text_column": "sentence"})
+    data = get_task("dataset").load(config)
+    assert data.label_names == ["negative", "positive"]  # the ClassLabel's names, in its order
+    assert data.train["label"] == list(train["label"]) and len(data.eval) == 30
+    with pytest.raises(DataFileError, match="has no split 'dev'; its splits"):
+        get_task("dataset").load(build_config(config.to_flat_dict() | {"eval_split": "dev"}))
+
+
+def test_the_dataset_task_offline_lists_what_it_tried(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    config = build_config({"task": "dataset", "dataset": "someone/no-such-dataset"})
+    with pytest.raises(DataNotFoundError, match=r"could not be opened .* Tried: a local folder .* \(not found\)"):
+        get_task("dataset").load(config)
+    with pytest.raises(DataFileError, match="needs the key `dataset`"):
+        get_task("dataset").load(build_config({"task": "dataset"}))

@@ -29,3 +29,44 @@ def test_the_card_cites_the_methods_papers_and_parses(tiny_bert_dir, data_env, t
     citations = card.split("## Citation")[1]
     assert LORA_CITATION in citations and "DoRA: Weight-Decomposed Low-Rank Adaptation" in citations
     assert "| 0 | negative |" in card and "| 1 | positive |" in card  # SST-2's class names
+
+
+def test_the_hub_reads_the_cards_metadata_and_results(tiny_bert_dir, data_env, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from sparselora.config import build_config
+    from sparselora.training.loop import train
+    from tests.conftest import tiny_run
+
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, max_steps=1)))
+    card = ModelCard.load(run / "README.md")
+    metrics = json.loads((run / "metrics.json").read_text())["task_metrics"]
+    assert card.data.base_model == str(tiny_bert_dir) and card.data.library_name == "peft"
+    assert card.data.datasets == ["nyu-mll/glue"] and card.data.pipeline_tag == "text-classification"
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert set(results) == {"accuracy", "f1", "loss"}
+    assert results["accuracy"].metric_value == metrics["accuracy"]
+    assert results["accuracy"].dataset_config == "sst2" and results["accuracy"].dataset_split == "validation"
+
+
+def test_the_base_models_licence_comes_from_its_card():
+    from sparselora.models import resolve_model
+    from sparselora.report.model_card import base_card_metadata
+
+    assert base_card_metadata(resolve_model("minilm")) == {"license": "apache-2.0", "language": "en"}
+
+
+def test_a_file_task_names_no_hub_dataset(tiny_bert_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from sparselora.config import build_config
+    from sparselora.training.loop import train
+    from tests.conftest import tiny_run
+
+    rows = "".join(f"{text}\t{label}\n" for text, label in [("good film", 1), ("bad film", 0)] * 8)
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows)
+    keys = tiny_run(tiny_bert_dir, tmp_path, task="tsv", train_file=str(tmp_path / "train.tsv"), max_steps=1)
+    run = train(build_config(keys | {"eval_file": str(tmp_path / "train.tsv")}))
+    card = ModelCard.load(run / "README.md")
+    assert card.data.datasets is None and "custom" not in card.content
+    assert card.data.eval_results[0].dataset_split == "eval_file"

@@ -69,7 +69,7 @@ def test_model_card_is_filled_from_the_run(lora_run):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft"
     assert {"base_model", "tags", "datasets", "metrics"} <= set(front)
-    assert front["datasets"] == ["glue/sst2"] and "accuracy" in front["metrics"]
+    assert front["datasets"] == ["nyu-mll/glue"] and "accuracy" in front["metrics"]
     assert "`query`, `value`" in card and "SEQ_CLS" in card
     assert "N/A" not in card
     accuracy = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]["accuracy"]

@@ -131,6 +131,10 @@ def test_a_run_with_gradient_checkpointing_and_eval_steps(tiny_llama_dir, data_e
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file in the run folder"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["gradient_checkpointing"] is True
+    assert (
+        f"Optimiser: `{metrics['train']['optim']}`, precision fp32, gradient checkpointing"
+        in (run / "README.md").read_text()
+    )
 
 
 def test_training_args_pass_through_and_refuse_what_sparselora_sets(tiny_bert_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Your own classification data: csv/tsv/jsonl files with named text and label columns.
+"""Your own classification data: csv/tsv/jsonl/parquet/arrow files, or any dataset ``load_dataset`` opens.
 
 Labels map to class ids as users expect: numbers in numeric order (``1`` and ``1.0`` are one class),
 anything else in sorted string order. The mapping is recorded in the run (``label_names``, the model's
@@ -68,34 +68,77 @@ def label_mapping(values: list[Any]) -> list[str]:
     return sorted(names, key=float) if numeric else sorted(names)
 
 
-def load_files(config) -> TaskData:
+def _check_label_column(config) -> None:
     if config.label_column in (config.text_column, config.text_pair_column):
         raise DataFileError(
             f"config key 'label_column' is '{config.label_column}', which is also a text column: "
             "set label_column to the column that holds the classes."
         )
+
+
+def load_files(config) -> TaskData:
+    _check_label_column(config)
     recorded = config.label_names  # set when a saved run is evaluated: its training file is not needed
     training_file_there = config.train_file is not None and Path(config.train_file).is_file()
     train = _read(config.train_file, "train_file") if recorded is None or training_file_there else None
     evaluation = _read(config.eval_file, "eval_file")
+    where = {"train": f"train_file '{config.train_file}'", "eval": f"eval_file '{config.eval_file}'"}
+    return classification_splits(config, train, evaluation, where, recorded)
+
+
+def load_hub_dataset(config) -> TaskData:
+    """``task: dataset``: the ``dataset`` key's Hub id, local folder or data file, opened by ``load_dataset``."""
+    from sparselora.data.sources import open_dataset
+
+    _check_label_column(config)
+    splits = open_dataset(config)
+    for key, split in (("train_split", config.train_split), ("eval_split", config.eval_split)):
+        if split not in splits:
+            raise DataFileError(
+                f"config key '{key}': dataset '{config.dataset}' has no split '{split}'; its splits: {list(splits)}"
+            )
+    train, evaluation = splits[config.train_split], splits[config.eval_split]
+    feature = train.features.get(config.label_column)
+    class_names = list(getattr(feature, "names", None) or []) or None  # a ClassLabel column names its classes
+    recorded = config.label_names or class_names
+    if class_names:  # ids → names, so one mapping rule serves every source
+        train, evaluation = (split.cast_column(config.label_column, _as_string()) for split in (train, evaluation))
+        train, evaluation = (_names_of(split, config.label_column, class_names) for split in (train, evaluation))
+    source = f"dataset '{config.dataset}'"
+    where = {"train": f"{source} split '{config.train_split}'", "eval": f"{source} split '{config.eval_split}'"}
+    return classification_splits(config, train, evaluation, where, recorded)
+
+
+def _as_string():
+    from datasets import Value
+
+    return Value("string")
+
+
+def _names_of(split: Dataset, column: str, names: list[str]) -> Dataset:
+    return split.map(lambda row: {column: names[int(row[column])]})
+
+
+def classification_splits(
+    config, train: Dataset | None, evaluation: Dataset, where: dict[str, str], recorded: list[str] | None
+) -> TaskData:
+    """Check columns and labels, map labels to class ids (recorded names, else the training labels' order)."""
     keys = ["text_column", "label_column", *(["text_pair_column"] if config.text_pair_column else [])]
     columns = {getattr(config, key): f"config key '{key}'" for key in keys}
-    splits = {"train_file": train, "eval_file": evaluation}
-    for key, split in splits.items():
+    for name, split in (("train", train), ("eval", evaluation)):
         if split is not None:
-            check_columns(split, columns, f"{key} '{getattr(config, key)}'")
-            _check_present(split[config.label_column], f"{key} '{getattr(config, key)}'", config.label_column)
+            check_columns(split, columns, where[name])
+            _check_present(split[config.label_column], where[name], config.label_column)
     label_names = list(recorded) if recorded is not None else label_mapping(train[config.label_column])
     numeric = all(_as_number(name) is not None for name in label_names)
     index = {name: i for i, name in enumerate(label_names)}
 
-    def standard(split: Dataset, key: str) -> Dataset:
+    def standard(split: Dataset, name: str) -> Dataset:
         names = [_label_name(v, numeric) for v in split[config.label_column]]
         unseen = sorted(set(names) - set(index))
         if unseen:
             raise DataFileError(
-                f"{key} '{getattr(config, key)}' has labels never seen in training: {unseen} "
-                f"(the classes are {label_names})"
+                f"{where[name]} has labels never seen in training: {unseen} (the classes are {label_names})"
             )
         out = {"text": [str(t) for t in split[config.text_column]], "label": [index[n] for n in names]}
         if config.text_pair_column:
@@ -104,11 +147,12 @@ def load_files(config) -> TaskData:
 
     empty = Dataset.from_dict({"text": [], "label": []})
     return TaskData(
-        train=first_n(standard(train, "train_file"), config.max_train_samples) if train is not None else empty,
-        eval=first_n(standard(evaluation, "eval_file"), config.max_eval_samples),
+        train=first_n(standard(train, "train"), config.max_train_samples) if train is not None else empty,
+        eval=first_n(standard(evaluation, "eval"), config.max_eval_samples),
         label_names=label_names,
     )
 
 
-for _fmt in ("csv", "tsv", "jsonl"):
-    register_task(TaskSpec(name=_fmt, kind="classification", dataset_id="custom", load=load_files))
+for _fmt in ("csv", "tsv", "jsonl", "parquet", "arrow"):
+    register_task(TaskSpec(name=_fmt, kind="classification", dataset_id=None, load=load_files))
+register_task(TaskSpec(name="dataset", kind="classification", dataset_id=None, load=load_hub_dataset))

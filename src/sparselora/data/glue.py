@@ -8,6 +8,8 @@ from sparselora.data.readers import check_columns, check_labels, read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
 from sparselora.data.sources import load_local_or_hub
 
+GLUE = "nyu-mll/glue"
+
 
 def _glue(config, subdir: str, text_columns: tuple[str, ...]) -> TaskData:
     splits = load_local_or_hub(
@@ -17,7 +19,7 @@ def _glue(config, subdir: str, text_columns: tuple[str, ...]) -> TaskData:
         lambda folder: DatasetDict(
             train=read_table(folder / "train.tsv"), validation=read_table(folder / "validation.tsv")
         ),
-        ("nyu-mll/glue", subdir),
+        (GLUE, subdir),
     )
     renames = dict(zip(text_columns, ("text", "text_pair"), strict=False))
     label_names = ["negative", "positive"] if subdir == "sst2" else ["not_equivalent", "equivalent"]
@@ -41,7 +43,8 @@ register_task(
     TaskSpec(
         name="sst2",
         kind="classification",
-        dataset_id="glue/sst2",
+        dataset_id=GLUE,
+        dataset_config="sst2",
         load=lambda config: _glue(config, "sst2", ("sentence",)),
     )
 )
@@ -49,7 +52,8 @@ register_task(
     TaskSpec(
         name="mrpc",
         kind="classification",
-        dataset_id="glue/mrpc",
+        dataset_id=GLUE,
+        dataset_config="mrpc",
         load=lambda config: _glue(config, "mrpc", ("sentence1", "sentence2")),
     )
 )

@@ -56,4 +56,13 @@ def load_gsm8k(config) -> TaskData:
     )
 
 
-register_task(TaskSpec(name="gsm8k", kind="generation", dataset_id="gsm8k", load=load_gsm8k, eval_split="test"))
+register_task(
+    TaskSpec(
+        name="gsm8k",
+        kind="generation",
+        dataset_id="openai/gsm8k",
+        dataset_config="main",
+        load=load_gsm8k,
+        eval_split="test",
+    )
+)

@@ -27,4 +27,6 @@ def load_imdb(config) -> TaskData:
     )
 
 
-register_task(TaskSpec(name="imdb", kind="classification", dataset_id="imdb", load=load_imdb, eval_split="test"))
+register_task(
+    TaskSpec(name="imdb", kind="classification", dataset_id="stanfordnlp/imdb", load=load_imdb, eval_split="test")
+)

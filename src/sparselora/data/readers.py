@@ -16,8 +16,10 @@ class DataFileError(ValueError):
 
 
 def read_table(path: Path) -> Dataset:
-    """TSV/CSV/JSONL (optionally .gz) → Dataset. GLUE TSVs are unquoted and contain '"': quoting off."""
+    """TSV/CSV/JSONL (optionally .gz), Parquet or Arrow → Dataset. GLUE TSVs are unquoted and contain '"'."""
     name = path.name.removesuffix(".gz")
+    if name.endswith((".parquet", ".arrow")):
+        return _read_columnar(path)
     try:
         if name.endswith(".tsv"):
             frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")
@@ -28,7 +30,9 @@ def read_table(path: Path) -> Dataset:
         elif name.endswith(".json"):
             frame = pd.read_json(path, encoding="utf-8")
         else:
-            raise DataFileError(f"cannot read '{path}': expected a .tsv, .csv or .jsonl file (optionally .gz)")
+            raise DataFileError(
+                f"cannot read '{path}': expected a .tsv, .csv, .jsonl (optionally .gz), .parquet or .arrow file"
+            )
     except pd.errors.EmptyDataError:
         raise DataFileError(f"'{path}' is empty: it needs a header line and at least one row") from None
     except UnicodeDecodeError as err:
@@ -43,6 +47,17 @@ def read_table(path: Path) -> Dataset:
     if frame.empty:
         raise DataFileError(f"'{path}' has a header but no rows")
     return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def _read_columnar(path: Path) -> Dataset:
+    """Parquet and Arrow files through ``datasets`` (the formats its own caches and the Hub use)."""
+    try:
+        dataset = Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else Dataset.from_file(str(path))
+    except Exception as err:  # pyarrow's errors (ArrowInvalid, ...) share no base with the datasets ones
+        raise DataFileError(f"'{path}' could not be read as {path.suffix[1:]}: {err}") from None
+    if len(dataset) == 0:
+        raise DataFileError(f"'{path}' has no rows")
+    return dataset
 
 
 def _json_lines(path: Path) -> list[dict]:

@@ -31,9 +31,10 @@ class TaskData:
 class TaskSpec:
     name: str
     kind: TaskKind
-    dataset_id: str  # the Hub name, used in model cards
+    dataset_id: str | None  # the Hub dataset it reads (model card, Hub fallback); None: the user's own files
     load: Callable[[RunConfig], TaskData]
     eval_split: str = "validation"
+    dataset_config: str | None = None  # the Hub dataset's configuration (GLUE's "sst2")
 
 
 _TASKS: dict[str, TaskSpec] = {}

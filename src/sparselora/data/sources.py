@@ -72,3 +72,34 @@ def load_local_or_hub(
             f"Fix: pass --data-dir DIR (or set {DATA_DIR_ENV}, or `data_dir:` in the config) to a folder "
             f"containing {subdir}/, or run where the Hugging Face Hub is reachable."
         ) from err
+
+
+def open_dataset(config: RunConfig) -> DatasetDict:
+    """``task: dataset``: a local folder of data files or a Hub id, through ``datasets.load_dataset``."""
+    import datasets
+
+    from sparselora.data.readers import DataFileError
+
+    if not config.dataset:
+        raise DataFileError(
+            "task 'dataset' needs the key `dataset`: a Hub id (e.g. nyu-mll/glue with dataset_config: cola) or a "
+            "local folder of train/validation data files (csv, json/jsonl, parquet, arrow)"
+        )
+    folder = Path(config.dataset)
+    if folder.is_file():
+        raise DataFileError(
+            f"config key 'dataset': '{folder}' is a file; for your own files use task csv/tsv/jsonl/parquet/arrow "
+            "with train_file and eval_file, or give the folder that holds them"
+        )
+    try:
+        return datasets.load_dataset(
+            str(folder.resolve()) if folder.is_dir() else config.dataset, config.dataset_config
+        )
+    except Exception as err:  # offline, unknown id, unreadable folder: datasets' errors have no common base
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataNotFoundError(
+            f"dataset '{config.dataset}'{f' ({config.dataset_config})' if config.dataset_config else ''} could not "
+            f"be opened ({type(err).__name__}: {reason}). Tried: a local folder '{folder.resolve()}' "
+            f"({'exists' if folder.is_dir() else 'not found'}) and the Hub id '{config.dataset}' (needs the network "
+            "or the datasets cache). Fix: give an existing folder, or run where the Hub is reachable once."
+        ) from err

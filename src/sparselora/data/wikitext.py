@@ -21,4 +21,12 @@ def load_wikitext2(config) -> TaskData:
     return TaskData(train=splits["train"], eval=splits["validation"])
 
 
-register_task(TaskSpec(name="wikitext2", kind="language_modeling", dataset_id="wikitext", load=load_wikitext2))
+register_task(
+    TaskSpec(
+        name="wikitext2",
+        kind="language_modeling",
+        dataset_id="Salesforce/wikitext",
+        dataset_config="wikitext-2-v1",
+        load=load_wikitext2,
+    )
+)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparselora.data.preprocess import Prepared
-from sparselora.evaluation.metrics import classification_metrics, exact_match, perplexity
+from sparselora.evaluation.metrics import DEFAULTS, classification_metrics, exact_match, perplexity
 
 
 @dataclass
@@ -50,7 +50,10 @@ def evaluate(
     tokenizer: PreTrainedTokenizerBase,
     max_new_tokens: int = 256,
     progress: bool = True,
+    metrics: tuple[str, ...] | None = None,
 ) -> EvalResult:
+    """``metrics``: names to report besides eval_loss (default: the task kind's defaults)."""
+    names = metrics or DEFAULTS[kind]
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.eval_collator)
@@ -72,17 +75,18 @@ def evaluate(
             batch_loss, count = _token_loss_sum(logits, labels, causal)
             loss_sum, loss_count = loss_sum + batch_loss, loss_count + count
     loss = loss_sum / max(loss_count, 1)
-    metrics: dict[str, float] = {"eval_loss": loss}
+    scores: dict[str, float] = {"eval_loss": loss}
     if kind == "classification":
-        metrics |= classification_metrics(np.concatenate(predictions), np.concatenate(references), num_labels or 2)
-    else:
-        metrics["perplexity"] = perplexity(loss)
-    if kind == "generation":
+        predicted, expected = np.concatenate(predictions), np.concatenate(references)
+        scores |= classification_metrics(predicted, expected, num_labels or 2, names)
+    if "perplexity" in names:
+        scores["perplexity"] = perplexity(loss)
+    if "exact_match" in names:
         generations = generate(model, tokenizer, data.eval_prompts or [], batch_size, max_new_tokens, progress)
-        metrics["exact_match"] = exact_match(generations, data.eval_answers or [])
+        scores["exact_match"] = exact_match(generations, data.eval_answers or [])
     total = sum(latencies)
     return EvalResult(
-        metrics=metrics,
+        metrics=scores,
         latency_ms_median=1000 * statistics.median(latencies) if latencies else 0.0,
         eval_tokens_per_s=tokens / total if total else 0.0,
         num_examples=len(data.eval),

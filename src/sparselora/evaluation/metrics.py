@@ -1,22 +1,61 @@
-"""Task metrics: accuracy/F1 for classification, perplexity for LM, exact match for GSM8K."""
+"""Task metrics by name: accuracy, F1, Matthews correlation for classification; perplexity; exact match.
+
+``eval_loss`` is always reported. Each task kind has defaults (classification: accuracy and F1, as GLUE
+reports SST-2/MRPC; language modelling: perplexity; GSM8K: perplexity and exact match); the ``metrics``
+config key chooses others among those its kind allows (CoLA is scored by Matthews correlation).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from sparselora.data.gsm8k import final_answer
 
+MetricName = Literal["accuracy", "f1", "f1_macro", "matthews_correlation", "perplexity", "exact_match"]
 
-def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """Accuracy and F1 (binary F1 of class 1 for two classes, macro F1 otherwise, as GLUE reports)."""
-    average = "binary" if num_labels == 2 else "macro"
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "f1": float(f1_score(labels, predictions, average=average, zero_division=0)),
-    }
+_CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
+    "accuracy": lambda predictions, labels, _n: accuracy_score(labels, predictions),
+    # binary F1 of class 1 for two classes, macro F1 otherwise (GLUE's convention)
+    "f1": lambda predictions, labels, n: f1_score(
+        labels, predictions, average="binary" if n == 2 else "macro", zero_division=0
+    ),
+    "f1_macro": lambda predictions, labels, _n: f1_score(labels, predictions, average="macro", zero_division=0),
+    "matthews_correlation": lambda predictions, labels, _n: matthews_corrcoef(labels, predictions),
+}
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "classification": tuple(_CLASSIFICATION),
+    "language_modeling": ("perplexity",),
+    "generation": ("perplexity", "exact_match"),
+}
+DEFAULTS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1"),
+    "language_modeling": ("perplexity",),
+    "generation": ("perplexity", "exact_match"),
+}
+
+
+def metric_names(kind: str, chosen: list[str] | None) -> tuple[str, ...]:
+    """The metrics a run reports: ``chosen`` (checked against what its task kind can measure) or the defaults."""
+    if chosen is None:
+        return DEFAULTS[kind]
+    wrong = [name for name in chosen if name not in ALLOWED[kind]]
+    if wrong:
+        raise ValueError(
+            f"config key 'metrics': {wrong} cannot be measured on a {kind.replace('_', ' ')} task; "
+            f"choose from {list(ALLOWED[kind])} (eval_loss is always reported)"
+        )
+    return tuple(dict.fromkeys(chosen))
+
+
+def classification_metrics(
+    predictions: np.ndarray, labels: np.ndarray, num_labels: int, names: tuple[str, ...] = DEFAULTS["classification"]
+) -> dict[str, float]:
+    return {name: float(_CLASSIFICATION[name](predictions, labels, num_labels)) for name in names}
 
 
 def perplexity(mean_token_loss: float) -> float:

@@ -106,6 +106,11 @@ register(
         build=build_qlora,
         load_kwargs=quantization_kwargs,
         prepare_base=keep_training_kernel,
+        cannot_merge=(
+            "the adapter was trained against 4-bit NF4 weights; merged into them the model stays 4-bit, and merged "
+            "into the full-precision base it is not the model that was evaluated. Serve the adapter on the 4-bit "
+            "base (PeftModel.from_pretrained), as the model card shows"
+        ),
         citations=(LORA_CITATION, "Dettmers et al., *QLoRA: Efficient Finetuning of Quantized LLMs*, NeurIPS 2023."),
         card_notes=lambda _config: [
             "The adapter was trained on a base model loaded in 4-bit NF4 (bitsandbytes); load the base with "

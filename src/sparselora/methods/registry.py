@@ -75,6 +75,8 @@ class MethodSpec:
     # the FLOPs calculator's view of a run: TrainingSetup fields (lora_ranks, full_finetune, sparsity), given
     # the flat run config, the model's layer count and the run's method report; default: LoRA at `lora_r`
     flops_setup: Callable[[dict[str, Any], int, dict[str, Any]], dict[str, Any]] | None = None
+    # why `sparselora export --merge` cannot turn this method's adapter into a plain model (None: it can)
+    cannot_merge: str | None = None
     # the model card: papers to cite, extra paragraphs, and rows of its adapter table that differ from LoRA's
     citations: tuple[str, ...] = ()
     card_notes: Callable[[RunConfig], list[str]] | None = None

@@ -7,11 +7,11 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sparselora.files.atomic import atomic_write_text
 from sparselora.methods import MethodSpec, get_method
-from sparselora.models import hub_id
+from sparselora.models import ModelSource, hub_id
 
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
@@ -37,18 +37,61 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _front_matter(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapter: bool) -> str:
+# Licence and language of the packaged bases' public cards, for folders that carry no README (SmolLM2 is
+# converted from GGUF); any other base model's own README.md front matter is read instead.
+KNOWN_BASE_CARDS: dict[str, dict[str, Any]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": {"license": "apache-2.0", "language": ["en"]},
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {"license": "apache-2.0", "language": ["en"]},
+}
+
+
+def base_card_metadata(source: ModelSource) -> dict[str, Any]:
+    """``license`` and ``language`` of the base model, from its folder's model card where it has one."""
+    readme = Path(source.path) / "README.md"
+    if readme.is_file():
+        try:
+            data = ModelCard.load(readme, ignore_metadata_errors=True).data
+        except (ValueError, OSError):
+            data = None
+        if data is not None and (data.license or data.language):
+            return {"license": data.license, "language": data.language}
+    return KNOWN_BASE_CARDS.get(hub_id(source), {})
+
+
+def card_data(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapter: bool) -> ModelCardData:
+    """The Hub metadata: base model, licence, dataset ids, and every task metric as a ``model-index`` result."""
     base = hub_id(inputs.source)
+    task = inputs.task
+    dataset_id = task.dataset_id or (config.dataset if config.dataset and not Path(config.dataset).exists() else None)
+    dataset_config = task.dataset_config or (config.dataset_config if dataset_id else None)
     adapter_tags = ["lora", f"base_model:adapter:{base}"] if is_adapter else []
-    front = {
-        "base_model": base,
-        "library_name": "peft" if is_adapter else "transformers",
-        "pipeline_tag": _PIPELINE_TAGS[inputs.head],
-        "tags": list(dict.fromkeys(["sparselora", config.method, config.task, *adapter_tags])),
-        "datasets": [inputs.task.dataset_id],
-        "metrics": [k for k in metrics["task_metrics"] if k != "eval_loss"] + ["loss"],
-    }
-    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n"
+    results = [
+        EvalResult(
+            task_type=_PIPELINE_TAGS[inputs.head],
+            dataset_type=dataset_id or config.task,
+            dataset_name=dataset_id or Path(config.eval_file or config.dataset or "eval").name,
+            dataset_config=dataset_config,
+            dataset_split=(config.eval_split if config.dataset else task.eval_split) if dataset_id else "eval_file",
+            metric_type="loss" if name == "eval_loss" else name,
+            metric_value=value,
+        )
+        for name, value in metrics["task_metrics"].items()
+    ]
+    return ModelCardData(
+        model_name=config.run_name,
+        base_model=base,
+        library_name="peft" if is_adapter else "transformers",
+        pipeline_tag=_PIPELINE_TAGS[inputs.head],
+        tags=list(dict.fromkeys(["sparselora", config.method, config.task, *adapter_tags])),
+        datasets=[dataset_id] if dataset_id else None,
+        metrics=[("loss" if name == "eval_loss" else name) for name in metrics["task_metrics"]],
+        eval_results=results,
+        **{key: value for key, value in base_card_metadata(inputs.source).items() if value},
+    )
+
+
+def _front_matter(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapter: bool) -> str:
+    return "---\n" + card_data(config, inputs, metrics, is_adapter).to_yaml() + "\n---\n"
 
 
 def _adapter_section(run_dir: Path, spec: MethodSpec) -> list[str]:
@@ -85,6 +128,13 @@ def _labels_section(inputs: RunInputs) -> list[str]:
     return ["## Labels", "", "| class id | label |", "|---|---|", *rows, ""]
 
 
+def dataset_description(config: RunConfig, inputs: RunInputs) -> str:
+    task = inputs.task
+    if task.dataset_id is None:
+        return f"`{config.train_file}`"
+    return f"`{task.dataset_id}`" + (f" / `{task.dataset_config}`" if task.dataset_config else "")
+
+
 def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metrics: dict) -> None:
     spec = get_method(config.method)
     is_adapter = (run_dir / "adapter_config.json").is_file()
@@ -96,7 +146,7 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         _front_matter(config, inputs, metrics, is_adapter),
         f"# {config.run_name}",
         "",
-        f"`{base}` fine-tuned on **{config.task}** ({inputs.task.dataset_id}, "
+        f"`{base}` fine-tuned on **{config.task}** ({dataset_description(config, inputs)}, "
         f"{train['train_examples']:,} training examples) with **{config.method}**, "
         f"trained with sparselora on {date.today().isoformat()}.",
         "",
@@ -108,7 +158,8 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         f"- Epochs {config.epochs:g} ({train['steps']} steps), batch size {config.batch_size}, "
         f"learning rate {config.learning_rate:g} ({config.lr_scheduler}), weight decay {config.weight_decay:g}, "
         f"warm-up {config.warmup_steps or config.warmup_ratio}, max length {config.max_length}, seed {config.seed}",
-        "- Optimiser: AdamW (HF Trainer default)",
+        f"- Optimiser: `{train.get('optim', 'adamw_torch')}`, precision {train.get('precision', 'fp32')}"
+        + (", gradient checkpointing" if config.gradient_checkpointing else ""),
         "",
         *(_adapter_section(run_dir, spec) if is_adapter else []),
         f"## Results ({inputs.task.eval_split} split, {inference['eval_examples']:,} examples)",

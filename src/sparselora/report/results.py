@@ -31,6 +31,8 @@ class Column:
 COLUMNS = [
     Column("accuracy", "Accuracy", "max", "{:.4f}"),
     Column("f1", "F1", "max", "{:.4f}"),
+    Column("f1_macro", "F1 (macro)", "max", "{:.4f}"),
+    Column("matthews_correlation", "MCC", "max", "{:.4f}"),
     Column("exact_match", "Exact match", "max", "{:.4f}"),
     Column("perplexity", "Perplexity", "min", "{:.2f}"),
     Column("eval_loss", "Loss", "min", "{:.4f}"),
@@ -42,7 +44,8 @@ COLUMNS = [
     Column("latency_ms", "Inference latency (ms/batch)", "min", "{:,.1f}"),
     Column("flops_per_token", "Train GFLOPs/token", "min", "{:.4f}"),
 ]
-PRIMARY_METRICS = ("accuracy", "exact_match", "perplexity", "eval_loss")
+PRIMARY_METRICS = ("accuracy", "matthews_correlation", "exact_match", "perplexity", "eval_loss")
+TASK_METRICS = ("accuracy", "f1", "f1_macro", "matthews_correlation", "exact_match", "perplexity")
 ALPHA = 0.05
 
 
@@ -59,7 +62,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     config, metrics = read_run(run_dir)
     task_metrics, method = metrics["task_metrics"], metrics.get("method", {})
     params = metrics["params"]
-    row: dict[str, Any] = {key: task_metrics.get(key) for key in ("accuracy", "f1", "exact_match", "perplexity")}
+    row: dict[str, Any] = {key: task_metrics.get(key) for key in TASK_METRICS}
     row |= {
         "eval_loss": task_metrics.get("eval_loss"),
         "sparsity": method.get("adapter_sparsity", params.get("trainable_sparsity")),

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparselora.config import ConfigError, RunConfig
 from sparselora.data import TaskSpec, get_task
 from sparselora.data.preprocess import Prepared, prepare
+from sparselora.evaluation.metrics import metric_names
 from sparselora.methods import BuildContext, MethodSetup, get_method
 from sparselora.models import (
     ArchSpec,
@@ -41,6 +42,7 @@ class RunInputs:
     data: Prepared
     device: torch.device  # where the run trains or is evaluated
     precision: Resolved  # the config's precision on that device
+    metrics: tuple[str, ...]  # task metrics reported besides eval_loss
 
     def build_context(self, new_modules: list[str] | tuple[str, ...], config: RunConfig | None = None) -> BuildContext:
         """What a method's ``build`` learns about the run (``config``: another method's keys on the same inputs)."""
@@ -106,6 +108,7 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         task = get_task(config.task)
     except KeyError as err:
         raise ValueError(f"config key 'task': {err.args[0]}") from None
+    metrics = metric_names(task.kind, config.metrics)
     decoder = is_decoder(model_config)
     head = head_for(task.kind, decoder, config.model)
     check_max_length(config, model_config)
@@ -135,4 +138,5 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         data=data,
         device=device,
         precision=precision,
+        metrics=metrics,
     )

@@ -110,6 +110,7 @@ def run_evaluation(model, inputs: RunInputs) -> EvalResult:
             tokenizer=inputs.tokenizer,
             max_new_tokens=config.max_new_tokens,
             progress=config.progress,
+            metrics=inputs.metrics,
         )
 
 
@@ -148,6 +149,7 @@ def assemble_metrics(
             "precision": inputs.precision,
             "device": str(inputs.device),
             "gradient_checkpointing": config.gradient_checkpointing,
+            "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
             "final_logged_loss": losses[-1] if losses else None,
             "wall_time_s": wall_s,
             "median_step_ms": timer.median_step_ms(),
@@ -294,6 +296,10 @@ def _train_and_publish(
     write_status(work, "finished", steps=trainer.state.global_step)
     publish(work, final_dir)
     logger.info("run written to %s", final_dir)
+    if config.hub_model_id:
+        from sparselora.hub import push_run
+
+        logger.info("uploaded to %s", push_run(final_dir, config.hub_model_id, private=config.hub_private))
     return final_dir
 
 

@@ -1,0 +1,53 @@
+"""`sparselora export RUN --merge OUT`: a run's adapter merged into its base, as a plain transformers folder.
+
+What serving stacks and ``pipeline()`` load without PEFT: safetensors weights, the config (with the run's
+label names), the tokenizer. Merging runs in fp32 on the CPU, so the folder reproduces the run's metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from sparselora.config import build_config
+from sparselora.evaluation.rerun import check_saved_weights, load_trained
+from sparselora.files.paths import check_writable_folder
+from sparselora.methods import get_method
+from sparselora.run_folder.layout import read_run
+from sparselora.training.inputs import load_inputs
+
+
+class CannotMergeError(ValueError):
+    """The run's weights do not merge into a plain model of what was trained and evaluated."""
+
+
+def merge_run(run_dir: Path, out: Path) -> Path:
+    """Merge the run's adapter into its base model and write ``out``; refuses an existing ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    raw_config, recorded = read_run(run_dir)
+    label_names = recorded.get("run", {}).get("label_names")
+    if raw_config.get("label_names") is None and label_names:
+        raw_config = {**raw_config, "label_names": label_names}
+    config = build_config({**raw_config, "precision": "fp32"}, source=f"in '{run_dir}/config.yaml' ")
+    refusal = get_method(config.method).cannot_merge
+    if refusal:
+        raise CannotMergeError(f"'{run_dir}' (method {config.method}) cannot be merged: {refusal}")
+    check_saved_weights(run_dir)
+    if not (run_dir / "adapter_config.json").is_file():
+        raise CannotMergeError(
+            f"'{run_dir}' holds a fully fine-tuned model, not an adapter: load it directly with from_pretrained"
+        )
+    if out.exists():
+        raise FileExistsError(f"--merge '{out.resolve()}' already exists; give a new folder (nothing is replaced)")
+    check_writable_folder(out.parent if str(out.parent) else Path("."), "--merge")
+    inputs = load_inputs(config, torch.device("cpu"))
+    model = load_trained(run_dir, inputs)
+    assert isinstance(model, PeftModel)
+    merged = model.merge_and_unload()
+    partial = out.with_name(out.name + ".partial")
+    merged.save_pretrained(partial, safe_serialization=True)
+    inputs.tokenizer.save_pretrained(partial)
+    partial.rename(out)
+    return out
