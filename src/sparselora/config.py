@@ -77,6 +77,11 @@ class RunConfig(BaseModel):
         None, description="file and dataset tasks: optional second text column (sentence pairs)."
     )
     label_column: str = Field("label", description="file and dataset tasks: column with the label.")
+    problem_type: Literal["single_label_classification", "regression"] = Field(
+        "single_label_classification",
+        description="file and dataset tasks: 'regression' trains a one-output head on numeric labels (MSE, "
+        "as transformers does for num_labels 1) and reports Pearson and Spearman correlation (STS-B-like data).",
+    )
     label_names: list[str] | None = Field(
         None,
         description="file and dataset tasks: class names in class-id order; default: the training file's labels, "

@@ -19,7 +19,7 @@ def _backward_mode(model, **keys):
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
-@pytest.mark.parametrize("rule", ["contribution", "random"])
+@pytest.mark.parametrize("rule", ["contribution", "random", "gradient"])
 def test_the_forward_is_dense_loras_bit_for_bit(family, rule):
     dense = _peft_model(family)
     sparse = copy.deepcopy(dense)
@@ -35,10 +35,11 @@ def test_the_forward_is_dense_loras_bit_for_bit(family, rule):
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
-def test_keeping_every_channel_gives_every_gradient_of_dense_lora(family):
+@pytest.mark.parametrize("rule", ["contribution", "gradient"])
+def test_keeping_every_channel_gives_every_gradient_of_dense_lora(family, rule):
     dense = _peft_model(family)
     sparse = copy.deepcopy(dense)
-    _backward_mode(sparse, ffn_sparsity=1e-9)
+    _backward_mode(sparse, ffn_sparsity=1e-9, backward_rule=rule)
     logits_d, grads_d = _loss_and_grads(dense, _batch())
     logits_s, grads_s = _loss_and_grads(sparse, _batch())
     assert torch.equal(logits_s, logits_d)
@@ -61,6 +62,36 @@ def test_bf16_forward_is_dense_and_gradients_follow_the_dtype(family):
     _, grads_keep_all = _loss_and_grads(keep_all, _batch())
     for name in grads_d:
         torch.testing.assert_close(grads_keep_all[name], grads_d[name], rtol=2e-2, atol=1e-3, msg=name)
+
+
+def test_the_gradient_rule_keeps_the_channels_of_largest_input_gradient():
+    """Every token sampled: the choice is the exact top-k of each channel's share of the FFN input gradient."""
+    model = _peft_model("bert", targets=TARGETS["bert"][:2])  # LoRA on attention: the FFN is plain nn.Linear
+    engine = _backward_mode(model, ffn_sparsity=0.5, backward_rule="gradient", estimator_tokens=10_000)
+    seen = {}
+    for layer, (up, down) in enumerate(_ffn_modules(model)):
+        up.register_forward_hook(lambda _m, _a, out, layer=layer: seen.__setitem__(("z", layer), out.detach()))
+        down.register_full_backward_hook(
+            lambda _m, _grad_in, grad_out, layer=layer: seen.__setitem__(("dy", layer), grad_out[0])
+        )
+    _loss_and_grads(model, _batch())
+    for layer, (block, (up, down)) in enumerate(zip(engine.ffn, _ffn_modules(model), strict=True)):
+        z = seen["z", layer].reshape(-1, block.width).requires_grad_()
+        dy = seen["dy", layer].reshape(z.shape[0], -1)
+        (dz,) = torch.autograd.grad(block.activation(z), z, grad_outputs=dy @ down.weight)
+        expected = torch.topk(dz.norm(dim=0) * up.weight.norm(dim=1), block.num_kept).indices.sort().values
+        assert torch.equal(block.keep, expected), layer
+
+
+def _ffn_modules(model) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    from sparselora.models import get_arch, iter_projections
+
+    spec = get_arch(model.config.model_type)
+    modules = dict(model.named_modules())
+    roles: dict[int, dict[str, torch.nn.Module]] = {}
+    for proj in iter_projections(model, spec):
+        roles.setdefault(proj.layer, {})[proj.role] = modules[proj.name]
+    return [(roles[i]["up"], roles[i]["down"]) for i in sorted(roles)]
 
 
 def _backward_flops(model) -> int:

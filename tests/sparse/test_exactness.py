@@ -100,8 +100,9 @@ def test_keeping_every_channel_is_dense_lora(model_type, attention, tmp_path):
         torch.testing.assert_close(grads_s[name], grads_d[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("rule", ["contribution", "gradient"])
 @pytest.mark.parametrize("model_type", [t for t in supported_model_types() if not get_arch(t).conv1d])
-def test_backward_mode_forward_is_exact_and_keep_all_gradients_too(model_type, tmp_path):
+def test_backward_mode_forward_is_exact_and_keep_all_gradients_too(model_type, rule, tmp_path):
     """sparse_pass: backward on every mapped architecture: logits equal dense LoRA's at any sparsity,
     and with every channel kept (no attention dropping) every gradient does too."""
     dense = _tiny_model(model_type, "sdpa")
@@ -111,7 +112,9 @@ def test_backward_mode_forward_is_exact_and_keep_all_gradients_too(model_type, t
     for ffn, attn in ((1e-9, 0.0), (0.75, 0.5)):
         sparse = copy.deepcopy(dense)
         engine = apply_sparselora(
-            sparse, SparseLoRAConfig(sparse_pass="backward", ffn_sparsity=ffn, attn_sparsity=attn), progress=False
+            sparse,
+            SparseLoRAConfig(sparse_pass="backward", backward_rule=rule, ffn_sparsity=ffn, attn_sparsity=attn),
+            progress=False,
         )
         engine.start_sparse_now()
         logits_s, grads_s = _loss_and_grads(sparse, batch)

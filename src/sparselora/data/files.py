@@ -68,6 +68,31 @@ def label_mapping(values: list[Any]) -> list[str]:
     return sorted(names, key=float) if numeric else sorted(names)
 
 
+def _score_splits(config, train: Dataset | None, evaluation: Dataset, where: dict[str, str]) -> TaskData:
+    """``problem_type: regression``: every label a number (a similarity score, a rating), kept as a float."""
+
+    def standard(split: Dataset, name: str) -> Dataset:
+        scores = []
+        for row, value in enumerate(split[config.label_column]):
+            number = _as_number(value)
+            if number is None or not math.isfinite(number):
+                raise DataFileError(
+                    f"{where[name]}, data row {row + 1}: label {value!r} is not a number; "
+                    "problem_type regression needs numeric labels"
+                )
+            scores.append(number)
+        out = {"text": [str(t) for t in split[config.text_column]], "label": scores}
+        if config.text_pair_column:
+            out["text_pair"] = [str(t) for t in split[config.text_pair_column]]
+        return Dataset.from_dict(out)
+
+    empty = Dataset.from_dict({"text": [], "label": []})
+    return TaskData(
+        train=first_n(standard(train, "train"), config.max_train_samples) if train is not None else empty,
+        eval=first_n(standard(evaluation, "eval"), config.max_eval_samples),
+    )
+
+
 def _check_label_column(config) -> None:
     if config.label_column in (config.text_column, config.text_pair_column):
         raise DataFileError(
@@ -129,6 +154,8 @@ def classification_splits(
         if split is not None:
             check_columns(split, columns, where[name])
             _check_present(split[config.label_column], where[name], config.label_column)
+    if config.problem_type == "regression":
+        return _score_splits(config, train, evaluation, where)
     label_names = list(recorded) if recorded is not None else label_mapping(train[config.label_column])
     numeric = all(_as_number(name) is not None for name in label_names)
     index = {name: i for i, name in enumerate(label_names)}

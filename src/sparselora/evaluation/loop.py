@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparselora.data.preprocess import Prepared
-from sparselora.evaluation.metrics import DEFAULTS, classification_metrics, exact_match, perplexity
+from sparselora.evaluation.metrics import (
+    DEFAULTS,
+    classification_metrics,
+    exact_match,
+    perplexity,
+    regression_metrics,
+)
 
 
 @dataclass
@@ -43,7 +49,7 @@ def evaluate(
     model: nn.Module,
     data: Prepared,
     *,
-    kind: str,
+    kind: str,  # a task kind, or "regression" (a classification task's one-output head)
     causal: bool,
     num_labels: int | None,
     batch_size: int,
@@ -71,6 +77,12 @@ def evaluate(
             loss_count += len(labels)
             predictions.append(logits.argmax(-1).cpu().numpy())
             references.append(labels.cpu().numpy())
+        elif kind == "regression":  # one output per example, MSE as the model's own loss
+            scores_out = logits.float().squeeze(-1)
+            loss_sum += float(F.mse_loss(scores_out, labels.float(), reduction="sum"))
+            loss_count += len(labels)
+            predictions.append(scores_out.cpu().numpy())
+            references.append(labels.float().cpu().numpy())
         else:
             batch_loss, count = _token_loss_sum(logits, labels, causal)
             loss_sum, loss_count = loss_sum + batch_loss, loss_count + count
@@ -79,6 +91,8 @@ def evaluate(
     if kind == "classification":
         predicted, expected = np.concatenate(predictions), np.concatenate(references)
         scores |= classification_metrics(predicted, expected, num_labels or 2, names)
+    if kind == "regression":
+        scores |= regression_metrics(np.concatenate(predictions), np.concatenate(references), names)
     if "perplexity" in names:
         scores["perplexity"] = perplexity(loss)
     if "exact_match" in names:

@@ -1,4 +1,4 @@
-"""Task metrics by name: accuracy, F1, Matthews correlation for classification; perplexity; exact match.
+"""Task metrics by name: accuracy, F1, Matthews correlation; Pearson/Spearman (regression); perplexity; exact match.
 
 ``eval_loss`` is always reported. Each task kind has defaults (classification: accuracy and F1, as GLUE
 reports SST-2/MRPC; language modelling: perplexity; GSM8K: perplexity and exact match); the ``metrics``
@@ -12,11 +12,14 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from sparselora.data.gsm8k import final_answer
 
-MetricName = Literal["accuracy", "f1", "f1_macro", "matthews_correlation", "perplexity", "exact_match"]
+MetricName = Literal[
+    "accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman", "perplexity", "exact_match"
+]
 
 _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
     "accuracy": lambda predictions, labels, _n: accuracy_score(labels, predictions),
@@ -27,13 +30,19 @@ _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
     "f1_macro": lambda predictions, labels, _n: f1_score(labels, predictions, average="macro", zero_division=0),
     "matthews_correlation": lambda predictions, labels, _n: matthews_corrcoef(labels, predictions),
 }
+_REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "pearson": lambda predictions, labels: stats.pearsonr(predictions, labels).statistic,
+    "spearman": lambda predictions, labels: stats.spearmanr(predictions, labels).statistic,
+}
 ALLOWED: dict[str, tuple[str, ...]] = {
     "classification": tuple(_CLASSIFICATION),
+    "regression": tuple(_REGRESSION),
     "language_modeling": ("perplexity",),
     "generation": ("perplexity", "exact_match"),
 }
 DEFAULTS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "f1"),
+    "regression": ("pearson", "spearman"),
     "language_modeling": ("perplexity",),
     "generation": ("perplexity", "exact_match"),
 }
@@ -56,6 +65,11 @@ def classification_metrics(
     predictions: np.ndarray, labels: np.ndarray, num_labels: int, names: tuple[str, ...] = DEFAULTS["classification"]
 ) -> dict[str, float]:
     return {name: float(_CLASSIFICATION[name](predictions, labels, num_labels)) for name in names}
+
+
+def regression_metrics(predictions: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """Correlations of predicted and reference scores (NaN when either is constant, as scipy gives)."""
+    return {name: float(_REGRESSION[name](predictions, labels)) for name in names}
 
 
 def perplexity(mean_token_loss: float) -> float:

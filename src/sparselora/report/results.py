@@ -33,6 +33,8 @@ COLUMNS = [
     Column("f1", "F1", "max", "{:.4f}"),
     Column("f1_macro", "F1 (macro)", "max", "{:.4f}"),
     Column("matthews_correlation", "MCC", "max", "{:.4f}"),
+    Column("pearson", "Pearson", "max", "{:.4f}"),
+    Column("spearman", "Spearman", "max", "{:.4f}"),
     Column("exact_match", "Exact match", "max", "{:.4f}"),
     Column("perplexity", "Perplexity", "min", "{:.2f}"),
     Column("eval_loss", "Loss", "min", "{:.4f}"),
@@ -44,8 +46,17 @@ COLUMNS = [
     Column("latency_ms", "Inference latency (ms/batch)", "min", "{:,.1f}"),
     Column("flops_per_token", "Train GFLOPs/token", "min", "{:.4f}"),
 ]
-PRIMARY_METRICS = ("accuracy", "matthews_correlation", "exact_match", "perplexity", "eval_loss")
-TASK_METRICS = ("accuracy", "f1", "f1_macro", "matthews_correlation", "exact_match", "perplexity")
+PRIMARY_METRICS = ("accuracy", "matthews_correlation", "pearson", "exact_match", "perplexity", "eval_loss")
+TASK_METRICS = (
+    "accuracy",
+    "f1",
+    "f1_macro",
+    "matthews_correlation",
+    "pearson",
+    "spearman",
+    "exact_match",
+    "perplexity",
+)
 ALPHA = 0.05
 
 

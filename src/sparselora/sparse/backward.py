@@ -10,6 +10,11 @@ carries the gradient past every block exactly), so here it is computed for a sub
   already has, no estimator. The activation's backward keeps those zeros, so the up (and gate) projection's
   input gradient needs only the kept rows: both backward matmuls shrink by the kept fraction. ``random``
   keeps a uniform sample instead, scaled by width / kept so the gradient stays unbiased.
+- ``gradient``: the channels are chosen in the backward, from the gradient itself: on at most
+  ``estimator_tokens`` sampled tokens the exact input gradient of the activation (``dy·W_down`` through
+  the activation's derivative at the saved pre-activations) times each channel's up (and gate) row norm,
+  i.e. each channel's share of the input gradient the layers below receive. The sample's matmul costs
+  ``estimator_tokens / tokens`` of the down projection's dense backward.
 - Attention (``attn_sparsity`` > 0 in a layer): the frozen q/k/v projections get no input gradient; their
   LoRA branches and the output projection keep theirs.
 
@@ -20,25 +25,29 @@ backward (gradient accumulation) stay correct.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparselora.sparse.config import kept_channels
+from sparselora.sparse.config import BackwardRule, kept_channels
 from sparselora.sparse.ffn import linear_parts
-
-BackwardRule = Literal["contribution", "random"]
 
 
 @dataclass
 class _Kept:
-    """The kept channels of one forward, filled by the down projection, read by the backward of all three."""
+    """The kept channels of one forward, filled by the down projection, read by the backward of all three.
+
+    The ``gradient`` rule leaves ``channels`` empty in the forward and ``choose`` fills them from the down
+    projection's output gradient, before the up (and gate) backward runs.
+    """
 
     channels: torch.Tensor | None = None
     scale: float = 1.0
+    choose: Callable[[torch.Tensor], torch.Tensor] | None = None
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # gradient rule: pre-activations, sampled tokens
 
 
 class _ColumnsInputGrad(torch.autograd.Function):
@@ -54,6 +63,8 @@ class _ColumnsInputGrad(torch.autograd.Function):
     def backward(ctx, grad_out):
         (weight,) = ctx.saved_tensors
         kept = ctx.kept
+        if kept.channels is None:  # the gradient rule chooses now, from the gradient
+            kept.channels = kept.choose(grad_out)
         grad_h = grad_out.new_zeros(ctx.shape)
         part = grad_out @ weight.index_select(1, kept.channels).to(grad_out.dtype)
         grad_h.index_copy_(grad_h.dim() - 1, kept.channels, part * kept.scale if kept.scale != 1.0 else part)
@@ -87,12 +98,15 @@ class BackwardSparseFFN:
     gate: nn.Module | None
     sparsity: float
     rule: BackwardRule = "contribution"
-    estimator_tokens: int = 256  # the contribution score reads at most this many evenly spaced tokens
+    estimator_tokens: int = 256  # the scores read at most this many evenly spaced tokens
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None  # the gradient rule differentiates it
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # none needed here
-    keep: torch.Tensor | None = None  # the last batch's kept channels (inspection, tests)
+    keep: torch.Tensor | None = None  # the last batch's kept channels (gradient rule: once its backward ran)
     _pending: _Kept | None = None
     _column_norms: torch.Tensor | None = None
+    _row_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     _generator: torch.Generator | None = None
+    _hooks: list = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -121,6 +135,52 @@ class BackwardSparseFFN:
         scores = flat.float().norm(dim=0) * self._column_norms
         return torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
 
+    def _sample(self, tokens: int, device: torch.device) -> torch.Tensor:
+        """The evenly spaced token positions the scores read (the same in forward and backward)."""
+        return torch.arange(0, tokens, max(1, tokens // self.estimator_tokens), device=device)[: self.estimator_tokens]
+
+    @torch.no_grad()
+    def _gradient_choice(self, pending: _Kept) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Chooses, from the down projection's output gradient, the channels carrying most input gradient."""
+
+        def choose(grad_out: torch.Tensor) -> torch.Tensor:
+            flat = grad_out.reshape(-1, grad_out.shape[-1])
+            sample = self._sample(flat.shape[0], flat.device)
+            weight = linear_parts(self.down)[0].weight
+            grad_h = flat[sample].float() @ weight.float()  # exact dL/dh on the sampled tokens
+            roles = ("up", "gate") if self.gate is not None else ("up",)
+            inputs = {role: pending.samples[role].float().requires_grad_() for role in roles}
+            with torch.enable_grad():
+                h = (
+                    self.activation(inputs["gate"]) * inputs["up"]
+                    if self.gate is not None
+                    else self.activation(inputs["up"])
+                )
+                grads = torch.autograd.grad(h, [inputs[role] for role in roles], grad_outputs=grad_h)
+            scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in zip(roles, grads, strict=True))
+            pending.samples.clear()
+            self.keep = torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
+            return self.keep
+
+        return choose
+
+    def _row_norm(self, role: str) -> torch.Tensor:
+        weight = linear_parts(getattr(self, role))[0].weight
+        if role not in self._row_norms or self._row_norms[role].device != weight.device:
+            self._row_norms[role] = weight.float().norm(dim=1)
+        return self._row_norms[role]
+
+    def _keep_sample_of(self, role: str):
+        """Forward hook of up/gate (the adapted module: its output is the real pre-activation)."""
+
+        def hook(_module, _args, output: torch.Tensor) -> None:
+            pending = self._pending
+            if pending is not None and pending.channels is None and output.requires_grad:
+                flat = output.detach().reshape(-1, output.shape[-1])
+                pending.samples[role] = flat[self._sample(flat.shape[0], flat.device)]
+
+        return hook
+
     def fix_outliers(self, factor: float, max_fraction: float) -> None:
         """Nothing to calibrate: the forward is exact and the score is exact."""
 
@@ -134,6 +194,10 @@ class BackwardSparseFFN:
                 base.forward = self._rows_forward_for(base, engine)
         base_down = linear_parts(self.down)[0]
         base_down.forward = self._columns_forward_for(base_down, engine)
+        if self.rule == "gradient":
+            for role in ("up", "gate"):
+                if getattr(self, role) is not None:
+                    self._hooks.append(getattr(self, role).register_forward_hook(self._keep_sample_of(role)))
 
     def _active(self, engine, x: torch.Tensor) -> bool:
         return x.requires_grad and torch.is_grad_enabled() and engine.sparse_now(self.sparsity, self.up.training)
@@ -157,8 +221,11 @@ class BackwardSparseFFN:
             pending, self._pending = self._pending, None
             if args or kwargs or pending is None or not self._active(engine, h):
                 return dense(h, *args, **kwargs)
-            pending.channels = self.keep = self.select(h, engine.step)
-            pending.scale = self.width / self.num_kept if self.rule == "random" else 1.0
+            if self.rule == "gradient":
+                pending.choose = self._gradient_choice(pending)
+            else:
+                pending.channels = self.keep = self.select(h, engine.step)
+                pending.scale = self.width / self.num_kept if self.rule == "random" else 1.0
             return _ColumnsInputGrad.apply(h, base.weight, base.bias, pending)
 
         return forward
@@ -169,6 +236,9 @@ class BackwardSparseFFN:
                 base = linear_parts(projection)[0]
                 if "forward" in base.__dict__:
                     del base.forward
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
         self.keep, self._pending = None, None
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Sparsity = float  # fraction of channels skipped, in [0, 1)
 Predictor = Literal["svd", "oracle", "random"]
 SparsePass = Literal["forward", "backward"]
-BackwardRule = Literal["contribution", "random"]
+BackwardRule = Literal["contribution", "random", "gradient"]
 
 _SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the short form)
 _PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
@@ -35,7 +35,8 @@ class SparseLoRAConfig(BaseModel):
         "contribution",
         description=(
             "sparse_pass backward: which FFN channels carry the input gradient: 'contribution' (largest"
-            " ‖h_c‖·‖W_down[:, c]‖ of the batch) or 'random' (uniform, scaled to stay unbiased)."
+            " ‖h_c‖·‖W_down[:, c]‖ of the batch), 'gradient' (largest share of the input gradient, from the"
+            " exact gradient on estimator_tokens sampled tokens) or 'random' (uniform, scaled to stay unbiased)."
         ),
     )
     svd_rank: int = Field(8, gt=0, description="Rank of the SVD estimator of each selectable projection.")

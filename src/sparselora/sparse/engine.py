@@ -268,6 +268,7 @@ def _backward_engine(model, spec: ArchSpec, config: SparseLoRAConfig, layers_cou
             sparsity=ffn_sparsity[i],
             rule=config.backward_rule,
             estimator_tokens=config.estimator_tokens,
+            activation=activation_of(_model_config(model), spec.activation_attr),
         )
         for i in range(layers_count)
     ]

@@ -66,6 +66,8 @@ class RunInputs:
         method = get_method(self.config.method)
         dtype = DTYPES[self.precision]
         extra = {"dtype": dtype} | (method.load_kwargs(self.config.method_options, dtype) if method.load_kwargs else {})
+        if self.config.problem_type == "regression":
+            extra["problem_type"] = "regression"  # one output, MSE loss (transformers' convention)
         model, new_modules = load_model(
             self.source, self.head, self.tokenizer, self.num_labels, self.label_names, **extra
         )
@@ -108,7 +110,13 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         task = get_task(config.task)
     except KeyError as err:
         raise ValueError(f"config key 'task': {err.args[0]}") from None
-    metrics = metric_names(task.kind, config.metrics)
+    regression = config.problem_type == "regression"
+    if regression and task.dataset_id is not None:
+        raise ConfigError(
+            f"config key 'problem_type': regression needs numeric labels, which task '{config.task}' does not "
+            "have; use it with a file task (csv, tsv, jsonl, parquet, arrow) or task: dataset"
+        )
+    metrics = metric_names("regression" if regression else task.kind, config.metrics)
     decoder = is_decoder(model_config)
     head = head_for(task.kind, decoder, config.model)
     check_max_length(config, model_config)
@@ -133,7 +141,7 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         head=head,
         causal=head == "causal_lm",
         arch=find_arch(model_config.model_type),
-        num_labels=len(raw.label_names) if task.kind == "classification" else None,
+        num_labels=(1 if regression else len(raw.label_names)) if task.kind == "classification" else None,
         label_names=raw.label_names,
         data=data,
         device=device,
