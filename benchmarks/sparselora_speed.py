@@ -113,10 +113,10 @@ def _instrument_estimator(engine: SparseLoRAEngine, device: torch.device) -> tup
     blocks = [block for block in [*engine.ffn, *engine.attention] if hasattr(block, "select")]
     for block in blocks:
 
-        def timed(x, _select=block.select):
+        def timed(*args, _select=block.select):
             _sync(device)
             start = time.perf_counter()
-            chosen = _select(x)
+            chosen = _select(*args)
             _sync(device)
             spent[0] += time.perf_counter() - start
             return chosen

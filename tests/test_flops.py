@@ -66,6 +66,7 @@ def test_full_finetuning_and_forward_match_the_flop_counter(family):
 
 CASES = [("forward", 0.0, 0.0), ("forward", 0.5, 0.0), ("forward", 0.5, 0.5), ("forward", 0.75, 0.25)]
 CASES += [("backward", 0.5, 0.0), ("backward", 0.75, 0.5)]  # exact forward: only input gradients sparse
+CASES += [("backward-gradient", 0.75, 0.5)]  # the gradient rule's sampled matmul counted too
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
@@ -73,10 +74,13 @@ CASES += [("backward", 0.5, 0.0), ("backward", 0.75, 0.5)]  # exact forward: onl
 def test_lora_and_sparselora_steps_match_the_flop_counter(family, sparse_pass, ffn, attn, tmp_path):
     model, config, batch, head, targets, task_type = _model(family)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type=task_type))
+    sparse_pass, _, rule = sparse_pass.partition("-")
+    rule = rule or "contribution"
     if ffn or attn:
         model = copy.deepcopy(model)
         sparse = SparseLoRAConfig(
             sparse_pass=sparse_pass,
+            backward_rule=rule,
             ffn_sparsity=ffn,
             attn_sparsity=attn,
             svd_rank=4,
@@ -94,6 +98,7 @@ def test_lora_and_sparselora_steps_match_the_flop_counter(family, sparse_pass, f
         attn_sparsity=[attn] * 2,
         svd_rank=4,
         sparse_pass=sparse_pass,
+        backward_rule=rule,
     )
     shape = ModelShape.from_config(config, get_arch(config.model_type))
     report = count_flops(shape, setup)

@@ -91,6 +91,7 @@ class TrainingSetup:
     estimator_tokens: int = 256
     # "backward": the forward stays dense; the sparsity applies to the frozen projections' input gradients only
     sparse_pass: Literal["forward", "backward"] = "forward"
+    backward_rule: str = "contribution"  # "gradient": the backward scores channels with a sampled matmul
 
 
 @dataclass
@@ -179,6 +180,9 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
         estimator = sum(2 * setup.svd_rank * sum(projections[role]) for role in estimated) * estimator_share
         if estimator:
             flops.add("estimator", estimator, 0.0)
+        if exact_forward and ffn_s and backward and setup.backward_rule == "gradient":
+            # dL/dh of the sampled tokens through the whole down projection
+            flops.add("estimator", 0.0, 2 * shape.intermediate * shape.hidden * estimator_share)
         layers.append(flops)
     return FlopsReport(layers=layers, head=_head_flops(shape, setup))
 

@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_run
 
 
-def test_benchmark_writes_its_json(tiny_llama_dir, data_env, tmp_path):
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_benchmark_writes_its_json(mode, tiny_llama_dir, data_env, tmp_path):
     config = tiny_run(
         tiny_llama_dir,
         tmp_path,
@@ -24,6 +26,7 @@ def test_benchmark_writes_its_json(tiny_llama_dir, data_env, tmp_path):
         svd_cache=str(tmp_path / "svd.st"),
         max_train_samples=16,
         max_eval_samples=4,
+        sparse_pass=mode,
     )
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -46,6 +49,7 @@ def test_benchmark_writes_its_json(tiny_llama_dir, data_env, tmp_path):
     assert set(result["median_step_ms"]) == {"lora", "sparselora"} and result["speedup"] > 0
     assert 0 < result["flops_ratio_sparse_over_dense"] < 1
     assert result["sparselora"]["attn_sparsity_per_layer"] == [0.5, 0.5]
+    assert result["sparselora"]["sparse_pass"] == mode and result["estimator_share_of_step_median"] is not None
     assert "speedup" in done.stdout
 
 

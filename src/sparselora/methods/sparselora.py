@@ -57,6 +57,7 @@ def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[st
         "svd_rank": sparse.svd_rank,
         "estimator_tokens": sparse.estimator_tokens,
         "sparse_pass": sparse.sparse_pass,
+        "backward_rule": sparse.backward_rule,
     }
 
 

@@ -88,6 +88,14 @@ class _RowsInputGrad(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+def _derivative(
+    activation: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, step: float = 1e-3
+) -> torch.Tensor:
+    """An elementwise activation's derivative by central differences: any activation, and no autograd call
+    inside the backward (nested autograd breaks under FlopCounterMode and other autograd hooks)."""
+    return (activation(z + step) - activation(z - step)) / (2 * step)
+
+
 @dataclass
 class BackwardSparseFFN:
     """One layer's FFN in backward mode: which channels carry the input gradient of this batch."""
@@ -148,16 +156,16 @@ class BackwardSparseFFN:
             sample = self._sample(flat.shape[0], flat.device)
             weight = linear_parts(self.down)[0].weight
             grad_h = flat[sample].float() @ weight.float()  # exact dL/dh on the sampled tokens
-            roles = ("up", "gate") if self.gate is not None else ("up",)
-            inputs = {role: pending.samples[role].float().requires_grad_() for role in roles}
-            with torch.enable_grad():
-                h = (
-                    self.activation(inputs["gate"]) * inputs["up"]
-                    if self.gate is not None
-                    else self.activation(inputs["up"])
-                )
-                grads = torch.autograd.grad(h, [inputs[role] for role in roles], grad_outputs=grad_h)
-            scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in zip(roles, grads, strict=True))
+            samples = {role: z.float() for role, z in pending.samples.items()}
+            if self.gate is None:  # h = act(z)
+                grads = {"up": grad_h * _derivative(self.activation, samples["up"])}
+            else:  # h = act(g) ⊙ u
+                gate = samples["gate"]
+                grads = {
+                    "up": grad_h * self.activation(gate),
+                    "gate": grad_h * samples["up"] * _derivative(self.activation, gate),
+                }
+            scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in grads.items())
             pending.samples.clear()
             self.keep = torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
             return self.keep
