@@ -71,8 +71,8 @@ def label_mapping(values: list[Any]) -> list[str]:
 def _score_splits(config, train: Dataset | None, evaluation: Dataset, where: dict[str, str]) -> TaskData:
     """``problem_type: regression``: every label a number (a similarity score, a rating), kept as a float."""
 
-    def standard(split: Dataset, name: str) -> Dataset:
-        scores = []
+    def scores(split: Dataset, name: str) -> list[float]:
+        numbers = []
         for row, value in enumerate(split[config.label_column]):
             number = _as_number(value)
             if number is None or not math.isfinite(number):
@@ -80,8 +80,17 @@ def _score_splits(config, train: Dataset | None, evaluation: Dataset, where: dic
                     f"{where[name]}, data row {row + 1}: label {value!r} is not a number; "
                     "problem_type regression needs numeric labels"
                 )
-            scores.append(number)
-        out = {"text": [str(t) for t in split[config.text_column]], "label": scores}
+            numbers.append(number)
+        return numbers
+
+    return _standard_splits(config, train, evaluation, scores, [])
+
+
+def _standard_splits(config, train: Dataset | None, evaluation: Dataset, labels_of, label_names) -> TaskData:
+    """Both splits in the standard columns (``text``, ``text_pair``, ``label``), subset as configured."""
+
+    def standard(split: Dataset, name: str) -> Dataset:
+        out = {"text": [str(t) for t in split[config.text_column]], "label": labels_of(split, name)}
         if config.text_pair_column:
             out["text_pair"] = [str(t) for t in split[config.text_pair_column]]
         return Dataset.from_dict(out)
@@ -90,6 +99,7 @@ def _score_splits(config, train: Dataset | None, evaluation: Dataset, where: dic
     return TaskData(
         train=first_n(standard(train, "train"), config.max_train_samples) if train is not None else empty,
         eval=first_n(standard(evaluation, "eval"), config.max_eval_samples),
+        label_names=label_names,
     )
 
 
@@ -160,24 +170,16 @@ def classification_splits(
     numeric = all(_as_number(name) is not None for name in label_names)
     index = {name: i for i, name in enumerate(label_names)}
 
-    def standard(split: Dataset, name: str) -> Dataset:
+    def class_ids(split: Dataset, name: str) -> list[int]:
         names = [_label_name(v, numeric) for v in split[config.label_column]]
         unseen = sorted(set(names) - set(index))
         if unseen:
             raise DataFileError(
                 f"{where[name]} has labels never seen in training: {unseen} (the classes are {label_names})"
             )
-        out = {"text": [str(t) for t in split[config.text_column]], "label": [index[n] for n in names]}
-        if config.text_pair_column:
-            out["text_pair"] = [str(t) for t in split[config.text_pair_column]]
-        return Dataset.from_dict(out)
+        return [index[n] for n in names]
 
-    empty = Dataset.from_dict({"text": [], "label": []})
-    return TaskData(
-        train=first_n(standard(train, "train"), config.max_train_samples) if train is not None else empty,
-        eval=first_n(standard(evaluation, "eval"), config.max_eval_samples),
-        label_names=label_names,
-    )
+    return _standard_splits(config, train, evaluation, class_ids, label_names)
 
 
 for _fmt in ("csv", "tsv", "jsonl", "parquet", "arrow"):
