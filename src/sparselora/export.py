@@ -11,11 +11,9 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from sparselora.config import build_config
-from sparselora.evaluation.rerun import check_saved_weights, load_trained
+from sparselora.evaluation.rerun import check_saved_weights, load_trained, saved_run
 from sparselora.files.paths import check_writable_folder
 from sparselora.methods import get_method
-from sparselora.run_folder.layout import read_run
 from sparselora.training.inputs import load_inputs
 
 
@@ -26,11 +24,7 @@ class CannotMergeError(ValueError):
 def merge_run(run_dir: Path, out: Path) -> Path:
     """Merge the run's adapter into its base model and write ``out``; refuses an existing ``out``."""
     run_dir, out = Path(run_dir), Path(out)
-    raw_config, recorded = read_run(run_dir)
-    label_names = recorded.get("run", {}).get("label_names")
-    if raw_config.get("label_names") is None and label_names:
-        raw_config = {**raw_config, "label_names": label_names}
-    config = build_config({**raw_config, "precision": "fp32"}, source=f"in '{run_dir}/config.yaml' ")
+    config, _ = saved_run(run_dir, {"precision": "fp32"})
     refusal = get_method(config.method).cannot_merge
     if refusal:
         raise CannotMergeError(f"'{run_dir}' (method {config.method}) cannot be merged: {refusal}")

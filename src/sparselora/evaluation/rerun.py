@@ -71,6 +71,16 @@ def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
         ) from err
 
 
+def saved_run(run_dir: Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """A finished run's config (with ``overrides``) and recorded metrics; its class mapping comes from the
+    metrics, so the training file is not needed again."""
+    raw_config, recorded = read_run(run_dir)
+    label_names = recorded.get("run", {}).get("label_names")
+    if raw_config.get("label_names") is None and label_names:
+        raw_config = {**raw_config, "label_names": label_names}
+    return build_config({**raw_config, **(overrides or {})}, source=f"in '{run_dir}/config.yaml' "), recorded
+
+
 def evaluate_run(
     run_dir: Path, overrides: dict[str, Any] | None = None, sparse: bool = False, device: torch.device | None = None
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -79,11 +89,7 @@ def evaluate_run(
     ``sparse``: evaluate a SparseLoRA run with its training-time sparsity instead of dense. ``device``: where
     (default: the training device), in the run's precision there.
     """
-    raw_config, recorded = read_run(run_dir)
-    label_names = recorded.get("run", {}).get("label_names")
-    if raw_config.get("label_names") is None and label_names:  # the class mapping without the training file
-        raw_config = {**raw_config, "label_names": label_names}
-    config = build_config({**raw_config, **(overrides or {})}, source=f"in '{run_dir}/config.yaml' ")
+    config, recorded = saved_run(run_dir, overrides)
     if sparse and config.method != "sparselora":
         raise ValueError(f"--sparse evaluates SparseLoRA runs; '{run_dir}' was trained with method '{config.method}'")
     set_seed(config.seed)
