@@ -345,10 +345,14 @@ def compare(
     output_dir: Annotated[Path | None, typer.Option(help="Results folder (default: the config's output_dir).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds instead of the config's.")] = None,
     data_dir: DataDirOption = None,
+    retime: Annotated[
+        bool, typer.Option("--retime", help="Measure the interleaved step times again (config key `timing`).")
+    ] = False,
 ) -> None:
     """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots, validation.md."""
     from sparselora.compare import load_compare_config, run_comparison
     from sparselora.compare.plan import parse_only, parse_seeds
+    from sparselora.compare.timing import time_comparison
     from sparselora.config import parse_overrides
     from sparselora.report.comparison import build_report
 
@@ -366,6 +370,8 @@ def compare(
         f"{len(status.claimed)} being trained by another process, {len(status.failed)} failed"
         + (f": {', '.join(c.run_name for c in status.failed)} (see failed/)" if status.failed else "")
     )
+    for path in time_comparison(comparison, retime=retime):
+        console.print(f"interleaved step times in {path}")
     options = [f"--set {pair}" for pair in overrides or []]
     options += [f"--output-dir {output_dir}"] if output_dir else []
     options += [f"--seeds {seeds}"] if seeds else []

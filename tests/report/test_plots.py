@@ -7,6 +7,9 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     # (time, quality): lower time and higher quality are better
     points = [(100.0, 0.85), (80.0, 0.84), (90.0, 0.80), (120.0, 0.86)]
     assert sorted(pareto_front(points)) == [0, 1, 3]
+    # (time, perplexity): lower is better on both axes
+    perplexities = [(100.0, 20.0), (80.0, 21.0), (90.0, 25.0), (120.0, 19.0)]
+    assert pareto_front(perplexities, higher_is_better=False) == [1, 0, 3]
 
 
 def test_plots_write_png_and_svg(tmp_path):

@@ -305,6 +305,16 @@ def test_svd_rank_and_stale_cache_errors(tmp_path):
         apply_sparselora(_peft_model("bert", seed=1), SparseLoRAConfig(svd_rank=4, svd_cache=cache), progress=False)
 
 
+def test_default_svd_cache_is_one_per_weight_dtype(tmp_path, monkeypatch):
+    """A model loaded in bf16 and the same model in fp32 have different weights: each gets its own cache."""
+    monkeypatch.setenv("SPARSELORA_CACHE", str(tmp_path))
+    fp32 = _peft_model("bert", seed=0)
+    bf16 = _peft_model("bert", seed=0).to(torch.bfloat16)
+    for model in (fp32, bf16, _peft_model("bert", seed=0)):  # the third loads the fp32 cache
+        apply_sparselora(model, SparseLoRAConfig(svd_rank=4), model_name="tiny", progress=False)
+    assert sorted(p.name for p in (tmp_path / "svd").iterdir()) == ["tiny-r4-bf16.safetensors", "tiny-r4.safetensors"]
+
+
 def test_svd_estimator_is_the_truncated_svd():
     weight = torch.randn(64, 16)
     factors = low_rank(weight, 15)

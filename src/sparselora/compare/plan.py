@@ -13,6 +13,7 @@ methods:                        # label → run keys; `method` defaults to the l
   prune_svd: {method: lora_prune, prune_structure: rank, prune_importance: svd}
 targets:                        # checked in validation.md, as ratios method / reference
   - {metric: accuracy, min_ratio: 0.95}
+timing: {rounds: 20, warmup: 3} # optional: every method's step time measured side by side after training
 ```
 
 A cell's run keys are ``shared`` < ``task_overrides[task]`` < ``methods[label]`` < task and seed.
@@ -50,6 +51,16 @@ class Target(BaseModel):
         return self
 
 
+class TimingConfig(BaseModel):
+    """``timing:`` of a comparison config: the interleaved step-time pass after training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(20, ge=3, description="Timed rounds; each method trains one step per round.")
+    warmup: int = Field(3, ge=0, description="Untimed rounds first (the run's first steps: calibration).")
+    seed: int | None = Field(None, description="Which seed's cell configs to build (default: the first seed).")
+
+
 class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +73,7 @@ class CompareConfig(BaseModel):
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
+    timing: TimingConfig | None = Field(None, description="Interleaved step timing of the methods after training.")
 
     @field_validator("methods", "tasks")
     @classmethod

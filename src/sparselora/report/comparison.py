@@ -10,10 +10,11 @@ import yaml
 
 from sparselora.compare.plan import CompareConfig
 from sparselora.compare.runner import COMPARE_FILE
+from sparselora.compare.timing import read_timing
 from sparselora.files.atomic import atomic_write_text
 from sparselora.files.locks import exclusive_lock
 from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
-from sparselora.report.results import collect, primary_metric, write_task_results
+from sparselora.report.results import COLUMNS, collect, primary_metric, write_task_results
 from sparselora.report.validation import validation_markdown
 from sparselora.run_folder.layout import read_train_log
 
@@ -75,13 +76,21 @@ def _write_report(results_dir: Path, config: CompareConfig, command: str | None)
             continue
         folder = results_dir / task
         summary = write_task_results(
-            task_frame, list(config.methods), config.reference, folder, f"{config.name}: {task}"
+            task_frame,
+            list(config.methods),
+            config.reference,
+            folder,
+            f"{config.name}: {task}",
+            read_timing(results_dir, task),
         )
         written += [folder / "results.md", folder / "results.csv", folder / "results.json"]
         if (summary["seeds"] > 0).any():
             metric = primary_metric(summary)
             plots = folder / "plots"
-            written += plot_quality_vs_time(summary, metric, f"{task}: {metric} vs time", plots / "quality_vs_time")
+            higher = next(c.better == "max" for c in COLUMNS if c.key == metric)
+            written += plot_quality_vs_time(
+                summary, metric, f"{task}: {metric} vs time", plots / "quality_vs_time", higher_is_better=higher
+            )
             written += plot_peak_memory(summary, f"{task}: peak memory", plots / "peak_memory")
             curves = loss_curves(results_dir, task, list(config.methods))
             eval_curves = loss_curves(results_dir, task, list(config.methods), key="eval_loss")

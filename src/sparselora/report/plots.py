@@ -38,37 +38,37 @@ def plot_layer_scores(scores: list[float], ranks: dict[int, int], title: str, pa
     return save_figure(figure, path_stem)
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both axes (lower x = faster, higher y = better)."""
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
+    """Indices of points no other point beats on both axes (lower x = faster; y: quality, or a loss)."""
+    sign = 1 if higher_is_better else -1
+    signed = [(x, sign * y) for x, y in points]
     front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+    for i, (x, y) in enumerate(signed):
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(signed) if j != i)
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_quality_vs_time(summary, metric: str, title: str, path_stem: Path) -> list[Path]:
-    """Mean metric vs mean ms/step per method, std as error bars, Pareto front joined."""
+def plot_quality_vs_time(
+    summary, metric: str, title: str, path_stem: Path, higher_is_better: bool = True
+) -> list[Path]:
+    """Mean metric vs ms/step per method (interleaved when measured), std as error bars, Pareto front joined."""
     done = summary[summary["seeds"] > 0]
+    interleaved = "ms_per_step_interleaved_mean" in done and done["ms_per_step_interleaved_mean"].notna().all()
+    x = done["ms_per_step_interleaved_mean"] if interleaved else done["ms_per_step_mean"]
+    xerr = None if interleaved else done["ms_per_step_std"].fillna(0)
     figure, axis = plt.subplots(figsize=(6, 4.2))
-    points = list(zip(done["ms_per_step_mean"], done[f"{metric}_mean"], strict=True))
-    axis.errorbar(
-        done["ms_per_step_mean"],
-        done[f"{metric}_mean"],
-        xerr=done["ms_per_step_std"].fillna(0),
-        yerr=done[f"{metric}_std"].fillna(0),
-        fmt="o",
-        capsize=3,
-    )
-    for (x, y), label in zip(points, done["label"], strict=True):
-        axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = pareto_front(points)
+    points = list(zip(x, done[f"{metric}_mean"], strict=True))
+    axis.errorbar(x, done[f"{metric}_mean"], xerr=xerr, yerr=done[f"{metric}_std"].fillna(0), fmt="o", capsize=3)
+    for (px, py), label in zip(points, done["label"], strict=True):
+        axis.annotate(label, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(points, higher_is_better)
     axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:red", label="Pareto front")
-    axis.set_xlabel("training ms/step (median)")
+    axis.set_xlabel("training ms/step (median, interleaved)" if interleaved else "training ms/step (median)")
     axis.set_ylabel(metric)
     axis.set_title(title)
-    axis.legend(loc="lower right")
+    axis.legend(loc="lower right" if higher_is_better else "upper right")
     return save_figure(figure, path_stem)
 
 

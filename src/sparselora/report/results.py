@@ -42,7 +42,9 @@ COLUMNS = [
     Column("trainable_params", "Trainable params", "min", "{:,.0f}"),
     Column("nonzero_params", "Nonzero params", "min", "{:,.0f}"),
     Column("peak_mb", "Peak memory (MB)", "min", "{:,.0f}"),
-    Column("ms_per_step", "ms/step", "min", "{:,.0f}"),
+    Column("ms_per_step", "ms/step (Trainer)", "min", "{:,.0f}"),
+    Column("ms_per_step_interleaved", "ms/step (interleaved)", "min", "{:,.0f}"),
+    Column("train_s", "Train time (s)", "min", "{:,.0f}"),
     Column("latency_ms", "Inference latency (ms/batch)", "min", "{:,.1f}"),
     Column("flops_per_token", "Train GFLOPs/token", "min", "{:.4f}"),
 ]
@@ -81,6 +83,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "nonzero_params": params["nonzero_trainable"],
         "peak_mb": metrics["memory"]["peak_mb"],
         "ms_per_step": metrics["train"]["median_step_ms"],
+        "train_s": metrics["train"]["wall_time_s"],
         "latency_ms": metrics["inference"]["median_batch_latency_ms"],
         "flops_per_token": _train_flops_per_token(config, metrics),
         "method": metrics["run"]["method"],
@@ -123,8 +126,11 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def aggregate(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Mean and std per label over finished seeds, in the comparison's method order."""
+def aggregate(frame: pd.DataFrame, order: list[str], timing: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Mean and std per label over finished seeds, in the comparison's method order.
+
+    ``timing``: the interleaved pass (compare.timing), one median per method rather than one per seed.
+    """
     records = []
     for label in [label for label in order if label in set(frame["label"])]:
         group = frame[frame["label"] == label]
@@ -140,6 +146,10 @@ def aggregate(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         for column in COLUMNS:
             if column.key in done:
                 record[f"{column.key}_mean"], record[f"{column.key}_std"] = _mean_std(done[column.key])
+        measured = (timing or {}).get("methods", {}).get(label)
+        if measured and len(done):
+            record["ms_per_step_interleaved_mean"] = measured["median_ms"]
+            record["ms_per_step_interleaved_std"] = math.nan
         records.append(record)
     return pd.DataFrame(records)
 
@@ -249,20 +259,42 @@ def summary_sentences(frame: pd.DataFrame, summary: pd.DataFrame, reference: str
             text += f" (95% CI {low:+.2f} to {high:+.2f}; paired t-test over {test.n} seeds p = {test.p_value:.3f}, "
             text += f"{verdict} at {ALPHA})"
         ratios = []
-        for key, name in (("ms_per_step", "time/step"), ("peak_mb", "peak memory"), ("trainable_params", "trainable")):
-            if ref.get(f"{key}_mean") and not math.isnan(ref[f"{key}_mean"]):
+        interleaved = _measured(ref, "ms_per_step_interleaved") and _measured(row, "ms_per_step_interleaved")
+        speed = ("ms_per_step_interleaved", "time/step (interleaved)") if interleaved else ("ms_per_step", "time/step")
+        others = (("train_s", "train time"), ("peak_mb", "peak memory"), ("trainable_params", "trainable"))
+        for key, name in (speed, *others):
+            if _measured(ref, key) and _measured(row, key):
                 ratios.append(f"{name} ×{row[f'{key}_mean'] / ref[f'{key}_mean']:.2f}")
         sentences.append(text + "; " + ", ".join(ratios) + ".")
     return sentences
 
 
-def write_task_results(frame: pd.DataFrame, order: list[str], reference: str, folder: Path, title: str) -> pd.DataFrame:
+def _measured(row: pd.Series, key: str) -> bool:
+    value = row.get(f"{key}_mean")
+    return value is not None and not pd.isna(value) and value != 0
+
+
+def write_task_results(
+    frame: pd.DataFrame,
+    order: list[str],
+    reference: str,
+    folder: Path,
+    title: str,
+    timing: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """results.md, results.csv (per seed) and results.json (aggregated) for one task."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = aggregate(frame, order)
+    summary = aggregate(frame, order, timing)
     atomic_write_csv(frame.sort_values(["label", "seed"]), folder / "results.csv")
     atomic_write_text(folder / "results.json", summary.to_json(orient="records", indent=2) + "\n")
-    lines = [f"# {title}", "", markdown_table(summary), "", "Mean ± std over seeds; best value per column in bold.", ""]
+    notes = "Mean ± std over seeds; best value per column in bold. ms/step (Trainer): median step of each run, "
+    notes += "cells trained one after another."
+    if timing:
+        notes += (
+            f" ms/step (interleaved): median of {timing['rounds']} rounds in one process, every method one step "
+            f"per round on the same batch (seed {timing['seed']}'s configs, timing/)."
+        )
+    lines = [f"# {title}", "", markdown_table(summary), "", notes, ""]
     lines += ["## Differences vs the reference", "", *summary_sentences(frame, summary, reference), ""]
     atomic_write_text(folder / "results.md", "\n".join(lines))
     return summary

@@ -29,7 +29,7 @@ from sparselora.sparse.attention import SparseAttention
 from sparselora.sparse.backward import BackwardSparseAttention, BackwardSparseFFN
 from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
-from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors
+from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors, weights_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def apply_sparselora(
     if config.sparse_pass == "backward":
         return _attach(_backward_engine(model, spec, config, layers_count, ffn_sparsity, attn_sparsity), model)
     name = model_name or base_config.name_or_path or base_config.model_type
-    cache = Path(config.svd_cache) if config.svd_cache else default_cache_path(name, config.svd_rank)
+    dtype = weights_dtype(model, spec)
+    cache = Path(config.svd_cache) if config.svd_cache else default_cache_path(name, config.svd_rank, dtype)
     factors, stats = get_factors(model, spec, config.svd_rank, cache, progress=progress)
     modules = dict(model.named_modules())
     names: dict[int, dict[str, str]] = {}

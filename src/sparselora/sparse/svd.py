@@ -71,9 +71,20 @@ def fingerprint(model: nn.Module, spec: ArchSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def default_cache_path(model_name: str, rank: int) -> Path:
+_DTYPE_SUFFIX = {torch.float32: "", torch.bfloat16: "-bf16", torch.float16: "-fp16"}
+
+
+def default_cache_path(model_name: str, rank: int, dtype: torch.dtype = torch.float32) -> Path:
+    """One cache per model, rank and weight dtype: a bf16 model's weights (and fingerprint) differ from fp32's."""
     safe = model_name.strip("/").replace("/", "--")
-    return cache_dir() / "svd" / f"{safe}-r{rank}.safetensors"
+    suffix = _DTYPE_SUFFIX.get(dtype, f"-{str(dtype).removeprefix('torch.')}")
+    return cache_dir() / "svd" / f"{safe}-r{rank}{suffix}.safetensors"
+
+
+def weights_dtype(model: nn.Module, spec: ArchSpec) -> torch.dtype:
+    """The dtype of the weights the factors are computed from."""
+    proj = next(p for p in iter_projections(model, spec) if p.role in SELECTABLE_ROLES)
+    return base_weight(proj.module).dtype
 
 
 def _key(layer: int, role: str) -> str:
