@@ -15,8 +15,8 @@ from sparselora.report.comparison import NotAResultsFolderError, build_report
 from tests.conftest import tiny_run
 
 
-def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=()) -> CompareConfig:
-    shared = tiny_run(model_dir, out, max_steps=3)
+def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=(), max_steps=3, **keys) -> CompareConfig:
+    shared = tiny_run(model_dir, out, max_steps=max_steps)
     for key in ("output_dir", "method", "task"):
         shared.pop(key)
     return CompareConfig(
@@ -28,6 +28,7 @@ def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=()) -> Co
         shared=shared,
         methods=methods or {"lora": {}, "lora_l1": {"l1_lambda": 1.0}},
         targets=list(targets),
+        **keys,
     )
 
 

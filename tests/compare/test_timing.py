@@ -10,7 +10,7 @@ from sparselora.compare import runner, timing
 from sparselora.compare.plan import CompareConfig, TimingConfig
 from sparselora.config import build_config
 from sparselora.report.comparison import build_report
-from tests.conftest import tiny_run
+from tests.compare.test_comparison import _comparison as tiny_comparison
 
 METHODS = {
     "lora": {},
@@ -20,18 +20,8 @@ METHODS = {
 
 
 def _comparison(model_dir, out, methods=METHODS, **timing_keys) -> CompareConfig:
-    shared = tiny_run(model_dir, out, max_steps=4)
-    for key in ("output_dir", "method", "task"):
-        shared.pop(key)
-    return CompareConfig(
-        name="tiny",
-        output_dir=out,
-        seeds=[0],
-        tasks=["sst2"],
-        shared=shared,
-        methods=methods,
-        timing=TimingConfig(rounds=4, warmup=2, **timing_keys),
-    )
+    timing_config = TimingConfig(rounds=4, warmup=2, **timing_keys)
+    return tiny_comparison(model_dir, out, methods=methods, seeds=(0,), max_steps=4, timing=timing_config)
 
 
 def test_rounds_follow_each_run_schedule_in_rotating_order(tiny_bert_dir, data_env, tmp_path, monkeypatch):
