@@ -35,7 +35,7 @@ from sparselora.config import ConfigError, RunConfig, build_config
 from sparselora.files.atomic import atomic_write_json
 from sparselora.training.environment import describe_environment
 from sparselora.training.inputs import load_inputs
-from sparselora.training.loop import training_arguments
+from sparselora.training.loop import planned_steps, training_arguments
 from sparselora.training.precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,6 @@ class Contender:
     device: torch.device
     precision: str
     max_grad_norm: float
-
-
-def planned_steps(config: RunConfig, train_examples: int) -> int:
-    """The optimiser steps the run takes (the Trainer's arithmetic)."""
-    if config.max_steps:
-        return config.max_steps
-    per_epoch = max(math.ceil(train_examples / config.batch_size) // config.gradient_accumulation_steps, 1)
-    return max(math.ceil(config.epochs * per_epoch), 1)
 
 
 def build_contender(label: str, config: RunConfig, scratch: Path) -> Contender:

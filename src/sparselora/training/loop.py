@@ -210,12 +210,24 @@ def diverged_error(problem: str, work: Path) -> TrainingDivergedError:
     )
 
 
+def optimiser_steps_per_epoch(config: RunConfig, train_examples: int) -> int:
+    """The Trainer's arithmetic: batches per epoch over gradient accumulation, at least one."""
+    return max(math.ceil(train_examples / config.batch_size) // config.gradient_accumulation_steps, 1)
+
+
+def planned_steps(config: RunConfig, train_examples: int) -> int:
+    """The optimiser steps the run takes."""
+    if config.max_steps:
+        return config.max_steps
+    return max(math.ceil(config.epochs * optimiser_steps_per_epoch(config, train_examples)), 1)
+
+
 def check_training_length(config: RunConfig, train_examples: int) -> None:
     """``epochs`` must cover at least one optimiser step (the Trainer would silently round it up to one)."""
     if train_examples == 0:
         where = f"'{config.train_file}'" if config.train_file else f"task '{config.task}'"
         raise ConfigError(f"the training split of {where} is empty (or the file is missing): nothing to train on")
-    steps_per_epoch = max(math.ceil(train_examples / config.batch_size) // config.gradient_accumulation_steps, 1)
+    steps_per_epoch = optimiser_steps_per_epoch(config, train_examples)
     if config.max_steps is None and config.epochs * steps_per_epoch < 1:
         raise ConfigError(
             f"config key 'epochs': {config.epochs:g} epoch(s) is less than one optimiser step "
