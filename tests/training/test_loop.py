@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
@@ -165,6 +166,10 @@ def test_masked_lm_on_an_encoder(tiny_bert_dir, data_env, tmp_path):
     assert any("cls.predictions.transform" in m for m in adapter["modules_to_save"])
     recorded, measured = evaluate_run(run)
     assert measured["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
+    card = ModelCard.load(run / "README.md")  # the card's perplexity is the run's, never "N/A"
+    results = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert results["perplexity"] == metrics["task_metrics"]["perplexity"] and "N/A" not in card.content
+    assert card.data.pipeline_tag == "fill-mask"
 
 
 def test_causal_lm_on_a_decoder(tiny_llama_dir, data_env, tmp_path):
