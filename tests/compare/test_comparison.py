@@ -138,6 +138,16 @@ def test_changed_settings_are_not_mixed_into_a_resumed_comparison(tiny_bert_dir,
     assert runner.run_comparison(config, progress=False).skipped  # unchanged config: resumes as before
 
 
+def test_a_key_made_invalid_after_a_cell_finished_is_refused(tiny_bert_dir, data_env, tmp_path):
+    config = _comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
+    runner.run_comparison(config, progress=False)
+    compare_yaml = (tmp_path / "compare.yaml").read_text()
+    typo = config.model_copy(update={"methods": {"lora": {"lora_rank": 4}}})
+    with pytest.raises(ConfigError, match=r"sst2__lora__s0.*lora_rank"):
+        runner.run_comparison(typo, progress=False)
+    assert (tmp_path / "compare.yaml").read_text() == compare_yaml  # a refused run changes nothing
+
+
 def test_report_on_a_folder_without_a_comparison(tmp_path):
     with pytest.raises(NotAResultsFolderError, match=r"compare\.yaml"):
         build_report(tmp_path)

@@ -64,8 +64,11 @@ def check_not_stale(config: CompareConfig, cells: list[Cell]) -> None:
         if cell_finished(config, cell):
             try:
                 changed = changed_keys(config, cell)
-            except ConfigError:
-                continue  # the cell's keys are invalid now: it will fail and be recorded on its own
+            except ConfigError as err:
+                # skipping it would report the old run under a config that no longer describes it
+                raise ConfigError(
+                    f"finished cell {cell.run_name}: the config's keys for it are invalid now: {err}"
+                ) from None
             if changed:
                 stale[cell.run_name] = changed
     if stale:
