@@ -270,7 +270,7 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, estimator
         "speedup": median["lora"] / median["sparselora"],
         "flops_per_step": flops,
         "flops_ratio_sparse_over_dense": flops["sparselora"] / flops["lora"] if all(flops.values()) else None,
-        "kept_ffn_fraction": case.engine.kept_fraction(),
+        "kept_ffn_fraction": case.engine.configured_kept_fraction(),
         "estimator_share_of_step_median": statistics.median(shares) if shares else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }

@@ -318,6 +318,148 @@ CASES: dict[str, Callable[[World], tuple[list[str], str]]] = {
 }
 
 
+# the newer features: trackers, metrics, datasets, SparseLoRA's keys, comparisons' timing, export
+def _compare_yaml(w, extra: str = "", methods: str = "methods: {lora: {}}\n") -> str:
+    return str(
+        w.write(
+            "cmp.yaml",
+            (
+                f"name: c\noutput_dir: {w.root / 'cmp'}\ntasks: [sst2]\nseeds: [0]\n"
+                f"shared: {{model: {w.model}, max_steps: 2, progress: false, data_dir: {w.data}}}\n" + methods + extra
+            ),
+        )
+    )
+
+
+def _parquet(w, name: str = "t.parquet") -> str:
+    import pandas as pd
+
+    path = w.root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"sentence": ["good", "bad"], "label": [1, 0]}).to_parquet(path)
+    return str(path)
+
+
+def _existing(w):
+    folder = w.root / "existing"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine.txt").write_text("keep")
+    return folder
+
+
+def _dataset_folder(w):
+    folder = w.root / "ds"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.csv").write_text("text,label\ngood,1\nbad,0\n")
+    (folder / "validation.csv").write_text("text,label\ngood,1\nbad,0\n")
+    return folder
+
+
+NEWER_FEATURES: dict[str, Callable[[World], tuple[list[str], str]]] = {
+    "training_args: tracker not installed": lambda w: (
+        w.train_args("training_args={report_to: [wandb]}"),
+        "needs the package wandb",
+    ),
+    "training_args: unknown tracker": lambda w: (
+        w.train_args("training_args={report_to: [tensorbored]}"),
+        "not a tracker transformers knows",
+    ),
+    "training_args: report_to a number": lambda w: (
+        w.train_args("training_args={report_to: 5}"),
+        "must be a tracker name",
+    ),
+    "training_args: not a mapping": lambda w: (w.train_args("training_args=[optim]"), "training_args"),
+    "training_args: wrong value type": lambda w: (
+        w.train_args("training_args={dataloader_num_workers: many}"),
+        "'dataloader_num_workers' must be int",
+    ),
+    "training_args: value of the wrong type": lambda w: (
+        w.train_args("training_args={optim_args: 3}"),
+        "'optim_args' must be str | None",
+    ),
+    "precision in capitals": lambda w: (w.train_args("precision=BF16"), "precision: Input should be"),
+    "unknown metric": lambda w: (w.train_args("metrics=[no_such_metric]"), "no_such_metric"),
+    "metric of another task kind": lambda w: (w.train_args("metrics=[exact_match]"), "exact_match"),
+    "metrics not a list": lambda w: (w.train_args("metrics=5"), "metrics"),
+    "unknown problem_type": lambda w: (w.train_args("problem_type=ordinal"), "problem_type"),
+    "regression on a class task": lambda w: (w.train_args("problem_type=regression"), "regression needs numeric"),
+    "chat_template not a bool": lambda w: (w.train_args("chat_template=maybe"), "chat_template"),
+    "task dataset without dataset": lambda w: (w.train_args("task=dataset"), "dataset"),
+    "task dataset, folder missing": lambda w: (
+        w.train_args("task=dataset", f"dataset={w.root / 'nowhere'}"),
+        "nowhere",
+    ),
+    "task dataset, unknown split": lambda w: (
+        w.train_args("task=dataset", f"dataset={_dataset_folder(w)}", "eval_split=test"),
+        "test",
+    ),
+    "task dataset, missing column": lambda w: (
+        w.train_args("task=dataset", f"dataset={_dataset_folder(w)}", "text_column=body"),
+        "body",
+    ),
+    "parquet file that is text": lambda w: (
+        w.train_args(
+            "task=parquet",
+            f"train_file={w.write('t.parquet', 'not parquet')}",
+            f"eval_file={w.write('e.parquet', 'not parquet')}",
+            "text_column=sentence",
+        ),
+        "t.parquet",
+    ),
+    "arrow file that is text": lambda w: (
+        w.train_args(
+            "task=arrow",
+            f"train_file={w.write('t.arrow', 'not arrow')}",
+            f"eval_file={w.write('e.arrow', 'x')}",
+            "text_column=sentence",
+        ),
+        "t.arrow",
+    ),
+    "parquet without the label column": lambda w: (
+        w.train_args(
+            "task=parquet",
+            f"train_file={_parquet(w)}",
+            f"eval_file={_parquet(w, 'e.parquet')}",
+            "text_column=sentence",
+            "label_column=stars",
+        ),
+        "stars",
+    ),
+    "unknown sparse_pass": lambda w: (
+        w.train_args("method=sparselora", "sparse_pass=sideways"),
+        "sparse_pass: Input should be",
+    ),
+    "unknown backward_rule": lambda w: (
+        w.train_args("method=sparselora", "sparse_pass=backward", "backward_rule=largest"),
+        "backward_rule",
+    ),
+    "estimator_tokens 0": lambda w: (w.train_args("method=sparselora", "estimator_tokens=0"), "estimator_tokens"),
+    "unknown dense_span": lambda w: (w.train_args("method=sparselora", "dense_span=all"), "dense_span"),
+    "unknown ffn_score_input": lambda w: (w.train_args("method=sparselora", "ffn_score_input=max"), "ffn_score_input"),
+    "compare: timing rounds 0": lambda w: (["compare", _compare_yaml(w, "timing: {rounds: 0}\n")], "rounds"),
+    "compare: timing unknown key": lambda w: (["compare", _compare_yaml(w, "timing: {round: 5}\n")], "round"),
+    "compare: timing not a mapping": lambda w: (["compare", _compare_yaml(w, "timing: fast\n")], "timing"),
+    "compare --retime without timing": lambda w: (["compare", _compare_yaml(w), "--retime"], "no `timing:` key"),
+    "compare --only an unknown method": lambda w: (["compare", _compare_yaml(w), "--only", "method=hira"], "hira"),
+    "compare --only an unknown key": lambda w: (["compare", _compare_yaml(w), "--only", "colour=red"], "colour"),
+    "compare --only without =": lambda w: (["compare", _compare_yaml(w), "--only", "lora"], "lora"),
+    "compare --retime, --only no cell": lambda w: (
+        ["compare", _compare_yaml(w, "timing: {rounds: 3}\n"), "--retime", "--only", "seed=7"],
+        "matches no cell",
+    ),
+    "export into the run folder": lambda w: (
+        ["export", str(w.good), "--merge", str(w.good / "merged")],
+        "inside the run folder",
+    ),
+    "export onto the run folder": lambda w: (["export", str(w.good), "--merge", str(w.good)], "is the run folder"),
+    "export over an existing folder": lambda w: (
+        ["export", str(w.good), "--merge", str(_existing(w))],
+        "already exists",
+    ),
+}
+CASES |= NEWER_FEATURES
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -330,8 +472,8 @@ def _finished_runs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def test_the_suite_covers_at_least_70_kinds():
-    assert len(CASES) >= 70
+def test_the_suite_covers_at_least_100_kinds():
+    assert len(NEWER_FEATURES) >= 30 and len(CASES) >= 100
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -44,3 +44,14 @@ def test_export_refuses_what_it_cannot_merge_and_replaces_nothing(tiny_bert_dir,
     assert main(["export", str(lora), "--merge", str(tmp_path / "taken")]) == 2
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "out").exists()
+
+
+def test_export_never_touches_a_users_folder_beside_its_output(tiny_bert_dir, data_env, tmp_path):
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path / "runs", max_steps=1)))
+    mine = tmp_path / "merged.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["export", str(run), "--merge", str(tmp_path / "merged")]) == 0
+    assert (mine / "notes.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "merged" / "config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]

@@ -353,7 +353,7 @@ def compare(
     from sparselora.compare import load_compare_config, run_comparison
     from sparselora.compare.plan import parse_only, parse_seeds
     from sparselora.compare.timing import time_comparison
-    from sparselora.config import parse_overrides
+    from sparselora.config import ConfigError, parse_overrides
     from sparselora.report.comparison import build_report
 
     comparison = load_compare_config(config)
@@ -364,6 +364,8 @@ def compare(
         comparison.output_dir = output_dir
     if seeds:
         comparison.seeds = parse_seeds(seeds)
+    if retime and comparison.timing is None:
+        raise ConfigError(f"--retime: '{config}' has no `timing:` key; add e.g. `timing: {{rounds: 20, warmup: 3}}`")
     status = run_comparison(comparison, parse_only(only))
     console.print(
         f"{len(status.finished)} cell(s) trained, {len(status.skipped)} already finished, "

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from sparselora.compare import runner, timing
 from sparselora.compare.plan import CompareConfig, TimingConfig
-from sparselora.config import build_config
+from sparselora.config import ConfigError, build_config
 from sparselora.report.comparison import build_report
 from tests.compare.test_comparison import _comparison as tiny_comparison
 
@@ -65,6 +65,8 @@ def test_same_batches_for_every_method(tiny_bert_dir, data_env, tmp_path):
 def test_pass_runs_once_after_every_cell_and_fills_the_table(tiny_bert_dir, data_env, tmp_path):
     config = _comparison(tiny_bert_dir, tmp_path, methods={"lora": {}, "lora_l1": {"l1_lambda": 1.0}})
     assert timing.time_comparison(config, progress=False) == []  # no cell has run: nothing measured yet
+    with pytest.raises(ConfigError, match="nothing to time"):
+        timing.time_comparison(config, retime=True, progress=False)
     runner.run_comparison(config, progress=False)
     [path] = timing.time_comparison(config, progress=False)
     written = json.loads(path.read_text())

@@ -81,3 +81,14 @@ def test_adalora_reallocates_ranks(tiny_bert_dir, data_env, tmp_path):
     assert report["rank_total"] <= report["rank_budget"] == 2 * len(ranks)  # cut from 6 per module to 2 on average
     recorded, measured = evaluate_run(run)
     assert measured["eval_loss"] == pytest.approx(recorded["eval_loss"], abs=1e-6)
+
+
+def test_all_linear_adapts_every_linear_layer_but_the_head(tiny_bert_dir, data_env, tmp_path):
+    """As in PEFT: `all-linear` leaves the classifier out (it trains in full as a saved module), so a rank
+    larger than the classifier's two outputs is fine."""
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, target_modules="all-linear", lora_r=8, max_steps=1)))
+    adapter = json.loads((run / "adapter_config.json").read_text())
+    assert "classifier" not in adapter["target_modules"] and {"query", "value", "dense"} <= set(
+        name.rsplit(".", 1)[-1] for name in adapter["target_modules"]
+    )
+    assert "classifier" in adapter["modules_to_save"]

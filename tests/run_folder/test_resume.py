@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sparselora.cli import main
 from sparselora.config import build_config
 from sparselora.files.locks import LockBusyError, exclusive_lock
-from sparselora.run_folder.layout import RunFolderError, lock_path, partial_dir
+from sparselora.run_folder.layout import RunFolderError, lock_path, partial_dir, write_status
 from sparselora.run_folder.resume import last_checkpoint, truncate_log
 from sparselora.run_folder.states import list_runs
 from sparselora.training.loop import TrainingDivergedError, train
@@ -120,6 +120,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_bert_dir, da
     (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     (work / "config.yaml").write_text(yaml.safe_dump(build_config(keys).to_flat_dict()))
+    write_status(work, "running")  # as a killed run leaves it
     with pytest.raises(RunFolderError, match=r"other settings \(learning_rate: 0.001 there, 0.002 now\)"):
         train(build_config({**keys, "learning_rate": 2e-3}))
     assert (work / "checkpoints" / "checkpoint-2").is_dir()  # refusing changed nothing
@@ -137,3 +138,13 @@ def test_the_log_is_cut_back_to_the_checkpoint(tmp_path):
     log.write_text('{"step": 2, "loss": 0.7}\n{"step": 4, "loss": 0.6}\n{"step": 6, "loss": 0.5}\n{"step": 8, "lo')
     truncate_log(log, 4)
     assert log.read_text() == '{"step": 2, "loss": 0.7}\n{"step": 4, "loss": 0.6}\n'
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_folder_with_the_partial_name_is_never_removed(overwrite, tiny_bert_dir, data_env, tmp_path):
+    mine = tmp_path / "runs" / ".r.partial"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(RunFolderError, match="not an unfinished sparselora run"):
+        train(build_config(tiny_run(tiny_bert_dir, tmp_path / "runs", name="r", max_steps=1)), overwrite=overwrite)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -4,11 +4,21 @@ import copy
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from sparselora.models import get_arch
+from sparselora.models.architectures import supported_model_types
 from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
 from tests.sparse.test_engine import TARGETS, _batch, _loss_and_grads, _peft_model
+from tests.sparse.test_exactness import SIZES
+
+
+def _family_batch(seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(2, 100, (4, 12), generator=generator), "labels": torch.tensor([0, 1, 0, 1])}
 
 
 def _backward_mode(model, **keys):
@@ -169,3 +179,111 @@ def test_the_flops_calculator_counts_a_dense_forward_and_a_sparser_backward(tiny
     assert sparse.total("forward") == dense.total("forward")
     assert "estimator" not in sparse.components()
     assert sparse.total("train") < dense.total("train")
+
+
+# the kept-channels-only block backward (no adapter on the FFN projections) ---------------------------
+FUSED_TYPES = [t for t in supported_model_types() if not get_arch(t).conv1d]
+
+
+def _attention_only_lora(model_type: str, dtype: torch.dtype = torch.float32):
+    """A tiny model with LoRA on q/v only: its FFN blocks qualify for the fused backward."""
+    family = get_arch(model_type).family
+    config = AutoConfig.for_model(model_type, vocab_size=100, **SIZES[family])
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    spec = get_arch(model_type)
+    lora = LoraConfig(r=4, lora_dropout=0.0, task_type="SEQ_CLS", target_modules=[spec.projections[r] for r in "qv"])
+    peft = get_peft_model(model, lora)
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return peft.to(dtype)
+
+
+def _per_projection(engine) -> None:
+    """Re-attach every FFN block with the per-projection backward (the reference implementation)."""
+    for block in engine.ffn:
+        block.detach()
+        block.fuse = False
+        block.attach(engine)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", ["contribution", "random", "gradient"])
+@pytest.mark.parametrize("model_type", FUSED_TYPES)
+def test_the_fused_block_backward_equals_the_per_projection_one(model_type, rule, dtype):
+    dense = _attention_only_lora(model_type, dtype)
+    fused, reference = copy.deepcopy(dense), copy.deepcopy(dense)
+    batch = _family_batch()
+    keys = {"ffn_sparsity": 0.75, "backward_rule": rule, "estimator_tokens": 16}
+    engine = _backward_mode(fused, **keys)
+    assert all(block.fused for block in engine.ffn)
+    _per_projection(_backward_mode(reference, **keys))
+    logits_d, _ = _loss_and_grads(dense, batch)
+    logits_f, grads_f = _loss_and_grads(fused, batch)
+    logits_r, grads_r = _loss_and_grads(reference, batch)
+    assert torch.equal(logits_f, logits_d) and torch.equal(logits_r, logits_d)  # forward: dense, bit for bit
+    assert all(block.keep.numel() == block.num_kept for block in engine.ffn)
+    tolerance = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0.05, "atol": 2e-3}
+    for name in grads_r:
+        assert grads_f[name].dtype == grads_r[name].dtype
+        torch.testing.assert_close(grads_f[name], grads_r[name], **tolerance, msg=name)
+
+
+@pytest.mark.parametrize("model_type", FUSED_TYPES)
+def test_the_fused_block_keeping_every_channel_is_dense_lora(model_type):
+    dense = _attention_only_lora(model_type)
+    sparse = copy.deepcopy(dense)
+    engine = _backward_mode(sparse, ffn_sparsity=1e-9)
+    assert all(block.fused for block in engine.ffn)
+    logits_d, grads_d = _loss_and_grads(dense, _family_batch())
+    logits_s, grads_s = _loss_and_grads(sparse, _family_batch())
+    assert torch.equal(logits_s, logits_d)
+    for name in grads_d:
+        torch.testing.assert_close(grads_s[name], grads_d[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_fused_block_allocates_no_full_width_gradient():
+    """Every tensor the FFN block's backward makes is kept-width or hidden-width, never the intermediate width."""
+    model = _attention_only_lora("llama")
+    engine = _backward_mode(model, ffn_sparsity=0.75)
+    block = engine.ffn[0]
+    widths = []
+
+    class Watch(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dim() == 2:
+                widths.append(out.shape[-1])
+            return out
+
+    model.train()
+    out = model(**_family_batch())
+    with Watch():
+        out.loss.backward()
+    assert block.width not in widths and block.num_kept in widths
+
+
+def test_gradient_accumulation_and_checkpointing_with_the_fused_block():
+    dense = _attention_only_lora("llama")
+    sparse = copy.deepcopy(dense)
+    engine = _backward_mode(sparse, ffn_sparsity=0.5)
+    batches = [_family_batch(seed) for seed in (1, 2)]
+    for model in (dense, sparse):
+        model.train()
+        model.zero_grad()
+    outs = [sparse(**batch).loss for batch in batches]
+    keeps = [block.keep.clone() for block in engine.ffn]
+    for loss in reversed(outs):
+        loss.backward()
+    accumulated = {n: p.grad.clone() for n, p in sparse.named_parameters() if p.requires_grad}
+    checkpointed = copy.deepcopy(dense)
+    engine_c = _backward_mode(checkpointed, ffn_sparsity=0.5)
+    checkpointed.base_model.model.gradient_checkpointing_enable({"use_reentrant": False})
+    checkpointed.train()
+    checkpointed.zero_grad()
+    for batch in batches:
+        checkpointed(**batch).loss.backward()
+    assert all(torch.equal(block.keep, keep) for block, keep in zip(engine_c.ffn, keeps, strict=True))
+    for name, grad in accumulated.items():
+        torch.testing.assert_close(dict(checkpointed.named_parameters())[name].grad, grad, msg=name)

@@ -353,6 +353,30 @@ def test_sparselora_method_trains_and_saves_a_plain_lora_adapter(tiny_bert_dir, 
     assert (tmp_path / "svd.safetensors").is_file()
     method = json.loads((run / "metrics.json").read_text())["method"]
     assert method["ffn_kept_fraction"] == pytest.approx(0.5) and method["sparse_from_step"] == 1
+    # realised, not configured: 4 steps, the first dense (warm-up 0.25 of 4), so the mean is (1 + 3 × 0.5) / 4
+    assert method["realised"]["steps"] == 4 and method["realised"]["sparse_steps"] == 3
+    assert method["realised"]["ffn_kept_fraction_mean"] == pytest.approx((1 + 3 * 0.5) / 4)
+    logged = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    kept = [entry["sparselora/ffn_kept_fraction"] for entry in logged if "sparselora/ffn_kept_fraction" in entry]
+    assert kept and kept[-1] == pytest.approx(0.5)  # the trackers and the log see it
+
+
+def test_kept_fraction_is_one_on_dense_steps_and_a_second_apply_is_refused(tmp_path, caplog):
+    model = _peft_model("bert")
+    config = SparseLoRAConfig(ffn_sparsity=0.5, svd_rank=4, calibration_steps=1, svd_cache=str(tmp_path / "f"))
+    engine = apply_sparselora(model, config, progress=False)
+    with pytest.raises(ValueError, match="already applied"):
+        apply_sparselora(model, config, progress=False)
+    model.train()
+    with caplog.at_level("WARNING"):
+        model(**_batch())  # no callback: the first forward calibrates, dense
+    assert "without its Trainer callback" in caplog.text
+    assert engine.kept_fraction() == 1.0 and engine.configured_kept_fraction() == pytest.approx(0.5)
+    model(**_batch())
+    assert engine.kept_fraction() == pytest.approx(0.5)
+    assert [round(ffn, 3) for ffn, _ in engine.realised] == [1.0, 0.5]
+    engine.detach()
+    apply_sparselora(model, config, progress=False).detach()  # once detached, it may be applied again
 
 
 def _attention_flops(model, batch, family):
@@ -371,8 +395,12 @@ def _attention_flops(model, batch, family):
 def test_attention_flops_drop_by_the_sparsity(family, tmp_path):
     dense = _peft_model(family, targets=["intermediate.dense"] if family == "bert" else ["up_proj"], wide=True)
     sparse = copy.deepcopy(dense)
-    config = SparseLoRAConfig(
-        ffn_sparsity=0.0, attn_sparsity=0.5, svd_rank=2, svd_cache=str(tmp_path / "f.safetensors")
+    config = SparseLoRAConfig(  # every token reduced (no dense first token): the reduced-head kernel's FLOPs
+        ffn_sparsity=0.0,
+        attn_sparsity=0.5,
+        svd_rank=2,
+        dense_output_tokens=False,
+        svd_cache=str(tmp_path / "f.safetensors"),
     )
     engine = apply_sparselora(sparse, config, progress=False)
     engine.start_sparse_now()

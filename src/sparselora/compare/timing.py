@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments, set_seed
 
-from sparselora.compare.plan import Cell, CompareConfig, plan_cells
+from sparselora.compare.plan import Cell, CompareConfig, TimingConfig, plan_cells
 from sparselora.compare.runner import cell_finished, failure_path
 from sparselora.config import ConfigError, RunConfig, build_config
 from sparselora.files.atomic import atomic_write_json
@@ -91,7 +92,11 @@ def _sync(device: torch.device) -> None:
 
 
 def timed_step(contender: Contender, step: int) -> float:
-    """Seconds of one training step at global step ``step`` of the run's schedule."""
+    """Seconds of one training step at global step ``step`` of the run's schedule.
+
+    Its phases are labelled (``forward``, ``backward``, ``optimizer``) for torch.profiler; the labels cost
+    nothing when no profiler runs.
+    """
     c = contender
     c.state.global_step = step
     control = TrainerControl()
@@ -100,12 +105,14 @@ def timed_step(contender: Contender, step: int) -> float:
     start = time.perf_counter()
     for callback in c.callbacks:
         callback.on_step_begin(c.args, c.state, control, model=c.model)
-    with autocast(c.device, c.precision):
+    with record_function("forward"), autocast(c.device, c.precision):
         loss = c.model(**batch).loss
-    loss.backward()
-    if c.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in c.model.parameters() if p.grad is not None], c.max_grad_norm)
-    c.optimizer.step()
+    with record_function("backward"):
+        loss.backward()
+    with record_function("optimizer"):
+        if c.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in c.model.parameters() if p.grad is not None], c.max_grad_norm)
+        c.optimizer.step()
     for callback in c.callbacks:
         callback.on_optimizer_step(c.args, c.state, control, model=c.model, optimizer=c.optimizer)
     c.optimizer.zero_grad(set_to_none=True)
@@ -175,29 +182,44 @@ def time_comparison(config: CompareConfig, retime: bool = False, progress: bool 
     if timing is None:
         return []
     results_dir = Path(config.output_dir)
+    if retime and not any(cell_finished(config, c) for c in plan_cells(config)):
+        raise ConfigError(
+            f"--retime: '{results_dir}' holds no finished cell of this comparison, so there is nothing to time; "
+            "run the comparison without --retime first"
+        )
     ran = [cell_finished(config, c) or failure_path(results_dir, c).is_file() for c in plan_cells(config)]
     pending = ran.count(False)
     if pending:  # timing next to a cell still training would measure the contention
         logger.info("interleaved timing waits until every cell has run (%d to go)", pending)
         return []
-    seed = config.seeds[0] if timing.seed is None else timing.seed
     written = []
     for task in config.tasks:
         path = timing_path(config, task)
         done = read_timing(results_dir, task)
         if done and not retime and set(done["methods"]) >= set(config.methods):
             continue
-        configs = {}
-        for label in config.methods:
-            try:
-                configs[label] = build_config(Cell(label, task, seed).run_keys(config))
-            except ConfigError as err:
-                logger.error("interleaved timing leaves out %s: %s", label, err)
         try:
-            times = interleaved_step_times(configs, timing.rounds, timing.warmup, progress)
+            summary = time_task(config, task, list(config.methods), progress)
         except Exception as err:  # the cells' results stand without it
             logger.error("interleaved timing of task %s failed: %s: %s", task, type(err).__name__, err)
             continue
-        atomic_write_json(path, summarise(times, config.reference, timing.rounds, timing.warmup, seed))
+        atomic_write_json(path, summary)
         written.append(path)
     return written
+
+
+def time_task(config: CompareConfig, task: str, labels: list[str], progress: bool = True) -> dict[str, Any]:
+    """The interleaved pass of the methods ``labels`` on ``task`` (the timing seed's configs): timing/<task>.json.
+
+    A method whose cell config is invalid is left out (its cells fail on their own).
+    """
+    timing = config.timing or TimingConfig()
+    seed = config.seeds[0] if timing.seed is None else timing.seed
+    configs = {}
+    for label in labels:
+        try:
+            configs[label] = build_config(Cell(label, task, seed).run_keys(config))
+        except ConfigError as err:
+            logger.error("interleaved timing leaves out %s: %s", label, err)
+    times = interleaved_step_times(configs, timing.rounds, timing.warmup, progress)
+    return summarise(times, config.reference, timing.rounds, timing.warmup, seed)

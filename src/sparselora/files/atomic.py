@@ -1,18 +1,23 @@
 """Writes that a crash cannot leave half-done: a reader sees the old file or the new one.
 
-Each writer goes to a hidden temporary file next to the target (same filesystem), is flushed to
-disk, and replaces the target with ``os.replace`` — atomic on POSIX. A kill between the two
-leaves at most a stray ``.<name>.<pid>.tmp<suffix>``, never a truncated metrics.json.
+Each writer goes to a hidden temporary file next to the target (same filesystem), created new
+(``tempfile.mkstemp``: a name no file had, so no file of the user's is ever overwritten or removed),
+is flushed to disk, and replaces the target with ``os.replace`` — atomic on POSIX. A kill between the
+two leaves at most a stray ``.<name>.<random>.tmp<suffix>``, never a truncated metrics.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
 
 
 @contextmanager
@@ -24,7 +29,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; results get the usual permissions
+    os.close(handle)
+    temporary = Path(name)
     try:
         yield temporary
         _fsync(temporary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 from pydantic import Field, field_validator
 from torch import nn
 from transformers import PreTrainedModel
@@ -78,6 +79,13 @@ def fresh_modules_to_save(ctx: BuildContext) -> list[str] | None:
     return extra or None
 
 
+def all_linear_modules(model: PreTrainedModel, task_type: str) -> list[str]:
+    """The modules PEFT's ``all-linear`` adapts on this model: every linear layer but the output head
+    (a language model's output embeddings, a classifier's ``classifier``/``score``)."""
+    expanded = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear", task_type=task_type), model)
+    return sorted(expanded.target_modules)
+
+
 def check_rank(model: PreTrainedModel, targets: list[str] | str, rank: int, key: str) -> None:
     """A rank above a projection's smaller side adds parameters and no expressiveness (and 1e6 exhausts memory)."""
     sizes = [
@@ -104,7 +112,8 @@ def adapter_placement(model: PreTrainedModel, options: MethodOptions, ctx: Build
     ``rank_key`` names the option holding the adapter rank, checked against the targeted projections.
     """
     targets = resolve_targets(model, options, ctx)
-    check_rank(model, targets, getattr(options, rank_key), rank_key)
+    adapted = all_linear_modules(model, PEFT_TASK_TYPES[ctx.head]) if targets == "all-linear" else targets
+    check_rank(model, adapted, getattr(options, rank_key), rank_key)
     return {
         "target_modules": targets,
         "task_type": PEFT_TASK_TYPES[ctx.head],

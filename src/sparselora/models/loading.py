@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from sparselora.files.staging import staged_folder
 from sparselora.models.architectures import find_arch
 
 logger = logging.getLogger(__name__)
@@ -104,10 +105,9 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     plain_config["_name_or_path"] = ALIAS_HUB_IDS["smollm2"]
     plain = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(plain_config), dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    plain.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    with staged_folder(target) as staging:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 ALIASES = {"minilm": _minilm, "smollm2": _smollm2}

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -82,13 +83,14 @@ def publish(partial: Path, final: Path) -> None:
     Only an earlier run folder of the same name is replaced (checked again here, not only at the start).
     """
     check_run_folder(final, overwrite=True)
-    previous = final.with_name(f".{final.name}.previous")
-    if previous.exists() and is_run_folder(previous):
-        shutil.rmtree(previous)
-    if final.exists():
-        final.rename(previous)
+    if not final.exists():
+        partial.rename(final)
+        return
+    # the earlier run steps aside under a fresh name (an empty folder made for it: rename replaces it)
+    previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".previous", dir=final.parent))
+    final.rename(previous)
     partial.rename(final)
-    if previous.exists() and is_run_folder(previous):
+    if is_run_folder(previous):
         shutil.rmtree(previous)
 
 

@@ -22,6 +22,7 @@ from sparselora.run_folder.layout import (
     CONFIG_FILE,
     TRAIN_LOG_FILE,
     RunFolderError,
+    is_run_folder,
     partial_dir,
     write_config,
     write_status,
@@ -62,6 +63,17 @@ def truncate_log(log: Path, step: int) -> None:
     atomic_write_text(log, "".join(f"{line}\n" for line in kept))
 
 
+def check_own_work_folder(work: Path) -> None:
+    """A partial folder is reused or removed only if sparselora wrote it (its status file says so) or it is empty."""
+    if not work.exists() and not work.is_symlink():
+        return
+    if work.is_symlink() or not work.is_dir() or not (is_run_folder(work) or not any(work.iterdir())):
+        raise RunFolderError(
+            f"'{work}' exists but is not an unfinished sparselora run; it is never removed or reused. "
+            "Move it away, or choose another `name` or `output_dir`."
+        )
+
+
 def prepare_work_folder(
     final: Path, flat_config: dict[str, Any], overwrite: bool, resume: bool, is_main: bool = True
 ) -> Path | None:
@@ -73,6 +85,7 @@ def prepare_work_folder(
     work = partial_dir(final)
     if not is_main:
         return last_checkpoint(work)
+    check_own_work_folder(work)
     if overwrite and work.exists():
         shutil.rmtree(work)
     checkpoint = last_checkpoint(work) if work.exists() else None
@@ -93,10 +106,10 @@ def prepare_work_folder(
         )
     elif work.exists():
         shutil.rmtree(work)  # a run killed before its first checkpoint: nothing to keep
-    work.mkdir(parents=True, exist_ok=True)
-    write_config(work, flat_config)
     step = checkpoint_step(checkpoint) if checkpoint else None
+    work.mkdir(parents=True, exist_ok=True)
+    write_status(work, "running", resumed_from_step=step)  # first: the folder says whose it is
+    write_config(work, flat_config)
     if checkpoint is not None:
         truncate_log(work / TRAIN_LOG_FILE, step)
-    write_status(work, "running", resumed_from_step=step)
     return checkpoint

@@ -10,6 +10,16 @@ gathered for the kept pairs. Where the architecture normalises each query/key he
 ``q_norm``/``k_norm``, an RMSNorm over the whole head), Q and K run dense — the norm needs every
 channel of a head — and only V/O are sparsified.
 
+With ``dense_output_tokens`` (the paper's token rule), the tokens whose loss is trained (a decoder's
+output tokens, an encoder's first token) take their Q, K and V from the full projections and their
+output projection reads every channel; only the context tokens' projections are reduced. Their
+reduced Q/K/V are scattered into full-width heads (zeros in the skipped channels), so one attention
+call serves both: a dense query meets a context key only in the kept channels, and a context token's
+output projection reads only the kept V/O channels.
+
+GQA: a query head's kept Q channels are those its key/value head kept for K, and its O columns those
+its key/value head kept for V, so the reduced heads line up with the key and value heads they read.
+
 The attention module's ``forward`` is replaced on the instance (restored by ``detach``); the
 attention kernel itself is the library's (``ALL_ATTENTION_FUNCTIONS``: sdpa or eager).
 """
@@ -19,6 +29,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,6 +38,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from sparselora.sparse.config import Predictor, kept_channels
 from sparselora.sparse.ffn import columns_forward, linear_parts, predicted_projection, rows_forward, transposed
 from sparselora.sparse.svd import LowRank
+from sparselora.sparse.tokens import TokenSplit
 
 
 @dataclass
@@ -65,6 +77,8 @@ class SparseAttention:
     selection: HeadSelection | None = None
     output_inside: bool = False
     qk_norm: bool = False  # per-head q/k RMSNorm (Qwen3): Q and K stay dense
+    dense_tokens: Literal["labels", "first"] | None = None  # tokens whose projections run dense
+    split: TokenSplit | None = None  # this forward's dense/sparse tokens (None: every token reduced)
     _handles: list = field(default_factory=list)
     _o_weight_t: torch.Tensor | None = None
     _attention_fn: Callable | None = None  # the library kernel (sdpa/eager), resolved once at attach
@@ -122,15 +136,48 @@ class SparseAttention:
         sin_kept = sin[:, :, channels].permute(0, 2, 1, 3)
         return states * cos_kept + _rotate_half(states) * sin_kept
 
-    def sparse_forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, **kwargs):
+    def _split_for(self, hidden_states: torch.Tensor, engine) -> TokenSplit | None:
+        batch, seq = hidden_states.shape[:2]
+        if self.dense_tokens == "first":
+            return TokenSplit.first_token(batch, seq, hidden_states.device)
+        split = engine.output_tokens if self.dense_tokens == "labels" else None
+        return split if split is not None and split.mask.shape == (batch, seq) else None
+
+    def _project_split(self, role: str, flat: torch.Tensor, rows: torch.Tensor, split: TokenSplit) -> torch.Tensor:
+        """(tokens, full width): output tokens through the full projection, context tokens through the
+        kept rows only, scattered into zeros at the skipped channels."""
+        module = getattr(self, role)
+        dense_part = module(flat.index_select(0, split.dense))
+        reduced = rows_forward(module, flat.index_select(0, split.sparse), rows)
+        sparse_part = reduced.new_zeros(reduced.shape[0], dense_part.shape[-1]).index_copy_(1, rows, reduced)
+        return split.join(dense_part, sparse_part)
+
+    def split_qkv(
+        self, hidden_states: torch.Tensor, split: TokenSplit
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V as (batch, heads, seq, head_dim), before the rotary embedding: dense for output tokens,
+        reduced (zeros in the skipped channels) for context tokens."""
         sel = self.selection
         assert sel is not None
-        # Training forwards may carry an (unused) KV cache; a cache that generation will read must not
-        # receive reduced heads, and the kept channels change every batch anyway.
-        if kwargs.pop("past_key_values", None) is not None and not self.module.training:
-            raise NotImplementedError(
-                "sparse attention cannot fill a KV cache: run generation dense (sparse_eval: false)"
-            )
+        batch, seq = hidden_states.shape[:2]
+        flat = hidden_states.reshape(batch * seq, -1)
+        if self.qk_norm:  # the per-head norm needs every channel: Q and K dense for every token
+            q, k = self.q(hidden_states), self.k(hidden_states)
+        else:
+            q = self._project_split("q", flat, sel.q_rows, split)
+            k = self._project_split("k", flat, sel.k_rows, split)
+        v = self._project_split("v", flat, sel.v_rows, split)
+        q = q.reshape(batch, seq, self.heads, self.head_dim)
+        k = k.reshape(batch, seq, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.module.q_norm(q), self.module.k_norm(k)
+        v = v.reshape(batch, seq, self.kv_heads, self.head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _reduced_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V of reduced heads, (batch, heads, seq, kept), rotary embedding applied."""
+        sel = self.selection
+        assert sel is not None
         batch, seq = hidden_states.shape[:2]
         kept = self.num_kept
         module = self.module
@@ -141,11 +188,31 @@ class SparseAttention:
             q = rows_forward(self.q, hidden_states, sel.q_rows).view(batch, seq, self.heads, kept).transpose(1, 2)
             k = rows_forward(self.k, hidden_states, sel.k_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
         v = rows_forward(self.v, hidden_states, sel.v_rows).view(batch, seq, self.kv_heads, kept).transpose(1, 2)
-        if self.rotary:
-            cos, sin = position_embeddings
-            group = self.heads // self.kv_heads
-            q = self._rope(q, sel.qk.repeat_interleave(group, dim=0), cos, sin)
-            k = self._rope(k, sel.qk, cos, sin)
+        return q, k, v
+
+    def sparse_forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, **kwargs):
+        sel = self.selection
+        assert sel is not None
+        # Training forwards may carry an (unused) KV cache; a cache that generation will read must not
+        # receive reduced heads, and the kept channels change every batch anyway.
+        if kwargs.pop("past_key_values", None) is not None and not self.module.training:
+            raise NotImplementedError(
+                "sparse attention cannot fill a KV cache: run generation dense (sparse_eval: false)"
+            )
+        batch, seq = hidden_states.shape[:2]
+        module = self.module
+        if self.split is not None:
+            q, k, v = self.split_qkv(hidden_states, self.split)
+            if self.rotary:
+                cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+                q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        else:
+            q, k, v = self._reduced_qkv(hidden_states)
+            if self.rotary:
+                cos, sin = position_embeddings
+                group = self.heads // self.kv_heads
+                q = self._rope(q, sel.qk.repeat_interleave(group, dim=0), cos, sin)
+                k = self._rope(k, sel.qk, cos, sin)
         out, weights = self._attention_fn(
             module,
             q,
@@ -175,6 +242,7 @@ class SparseAttention:
         def choose(_module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
             self.selection = self.select(x) if engine.sparse_now(self.sparsity, self.module.training) else None
+            self.split = self._split_for(x, engine) if self.selection is not None else None
 
         def attention_forward(*args, **kwargs):
             if self.selection is None:
@@ -186,7 +254,14 @@ class SparseAttention:
             if self.selection is None:
                 return dense_o(h, *args, **kwargs)
             self._o_weight_t = transposed(linear_parts(self.o)[0].weight, self._o_weight_t)
-            return columns_forward(self.o, h, self.selection.o_columns, self._o_weight_t)
+            columns = self.selection.o_columns
+            if self.split is None:  # h holds the reduced heads' channels only
+                return columns_forward(self.o, h, columns, self._o_weight_t)
+            flat = h.reshape(-1, h.shape[-1])
+            dense_part = dense_o(flat.index_select(0, self.split.dense))
+            context = flat.index_select(0, self.split.sparse).index_select(1, columns)
+            sparse_part = columns_forward(self.o, context, columns, self._o_weight_t)
+            return self.split.join(dense_part, sparse_part).view(*h.shape[:-1], -1)
 
         self._handles = [self.module.register_forward_pre_hook(choose, with_kwargs=True)]
         self.module.forward = attention_forward
@@ -198,4 +273,4 @@ class SparseAttention:
         for module in (self.module, self.o):
             if "forward" in module.__dict__:
                 del module.forward
-        self._handles, self.selection, self._o_weight_t = [], None, None
+        self._handles, self.selection, self.split, self._o_weight_t = [], None, None, None

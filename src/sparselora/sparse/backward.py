@@ -18,9 +18,17 @@ carries the gradient past every block exactly), so here it is computed for a sub
 - Attention (``attn_sparsity`` > 0 in a layer): the frozen q/k/v projections get no input gradient; their
   LoRA branches and the output projection keep theirs.
 
-The autograd functions save only the frozen weight and the kept indices, not activations: no more memory
-than dense LoRA. The kept channels of one forward travel with its graph, so several forwards before one
-backward (gradient accumulation) stay correct.
+When no adapter sits on the FFN's projections (LoRA on attention only, the usual decoder setting), the
+whole up → activation → down block has one backward (:class:`_KeptChannelsFFNBackward`) that touches
+the kept channels only: ``dh_k = dy·W_down[:, k]``, ``dz_k = dh_k ⊙ act'(z_k)`` (gated: both branches),
+``dx = dz_k·W_up[k]`` (+ ``dg_k·W_gate[k]``). The projections' outputs are then computed without a graph,
+so the activation's backward never runs over the full width and no full-width gradient is allocated; it
+saves the kept pre-activations only (the gradient rule, which chooses in the backward: all of them), no
+more than the activation's own backward would. ``W_down`` is kept transposed once per layer, so that
+every weight slice is a contiguous row gather. Elsewhere each projection has its own autograd function.
+
+The kept channels of one forward travel with its graph, so several forwards before one backward
+(gradient accumulation) stay correct.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparselora.sparse.config import BackwardRule, kept_channels
-from sparselora.sparse.ffn import linear_parts
+from sparselora.sparse.ffn import linear_parts, transposed
 
 
 @dataclass
@@ -96,6 +104,82 @@ def _derivative(
     return (activation(z + step) - activation(z - step)) / (2 * step)
 
 
+def activation_backward(activation: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """``(grad, z) ↦ grad ⊙ act'(z)`` with the kernel autograd itself uses, in the inputs' dtype; None for an
+    activation without one (the block then keeps the per-projection backward)."""
+    name = type(activation).__name__
+    if name in ("SiLUActivation", "SiLU"):
+        return torch.ops.aten.silu_backward
+    if name == "GELUActivation" and getattr(activation, "act", None) is F.gelu:
+        return lambda grad, z: torch.ops.aten.gelu_backward(grad, z, approximate="none")
+    if name in ("GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation"):
+        return lambda grad, z: torch.ops.aten.gelu_backward(grad, z, approximate="tanh")
+    if name == "ReLU":
+        return lambda grad, z: grad * (z > 0)
+    return None
+
+
+@dataclass
+class _KeptPlan:
+    """What the block's backward needs besides its saved pre-activations: weights, channels, activation."""
+
+    up_weight: torch.Tensor
+    gate_weight: torch.Tensor | None
+    down_weight: torch.Tensor
+    down_bias: torch.Tensor | None
+    down_weight_t: torch.Tensor  # W_downᵀ, contiguous: W_down[:, k] is its row gather
+    activation: nn.Module
+    activation_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    channels: torch.Tensor | None  # None: chosen in the backward (gradient rule) by ``choose``
+    scale: float = 1.0
+    choose: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor] | None = None
+
+
+class _KeptChannelsFFNBackward(torch.autograd.Function):
+    """``h·W_downᵀ + b`` exactly, where ``h = act(z_up)`` (or ``act(z_gate) ⊙ z_up``) was computed from ``x``
+    without a graph; backward: the FFN's input gradient ``dx`` through the kept channels only."""
+
+    @staticmethod
+    def forward(ctx, h, x, up_pre, gate_pre, plan: _KeptPlan):
+        out = F.linear(h, plan.down_weight, plan.down_bias)
+        pre = [up_pre] if gate_pre is None else [up_pre, gate_pre]
+        if plan.channels is not None:  # known now: save only the kept columns
+            pre = [z.index_select(-1, plan.channels) for z in pre]
+        ctx.save_for_backward(*pre)
+        ctx.plan, ctx.x_shape = plan, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan = ctx.plan
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        pre = [z.reshape(-1, z.shape[-1]) for z in ctx.saved_tensors]
+        if plan.channels is None:
+            plan.channels = plan.choose(grad, dict(zip(("up", "gate"), pre, strict=False)))
+            pre = [z.index_select(1, plan.channels) for z in pre]
+        kept, dtype = plan.channels, grad.dtype
+        grad_h = grad @ plan.down_weight_t.index_select(0, kept).to(dtype).T  # dy·W_down[:, k]
+        if plan.scale != 1.0:
+            grad_h = grad_h * plan.scale
+        if plan.gate_weight is None:  # h = act(z)
+            grad_x = plan.activation_grad(grad_h, pre[0].to(dtype)) @ plan.up_weight.index_select(0, kept).to(dtype)
+        else:  # h = act(g) ⊙ u
+            up, gate = pre[0].to(dtype), pre[1].to(dtype)
+            grad_up = grad_h * plan.activation(gate)
+            grad_gate = plan.activation_grad(grad_h * up, gate)
+            grad_x = grad_up @ plan.up_weight.index_select(0, kept).to(dtype)
+            grad_x = grad_x + grad_gate @ plan.gate_weight.index_select(0, kept).to(dtype)
+        return None, grad_x.view(ctx.x_shape), None, None, None
+
+
+@dataclass
+class _BlockInputs:
+    """One forward through a fused block: its input (which the gradient flows to) and pre-activations."""
+
+    x: torch.Tensor
+    pre: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 @dataclass
 class BackwardSparseFFN:
     """One layer's FFN in backward mode: which channels carry the input gradient of this batch."""
@@ -110,7 +194,10 @@ class BackwardSparseFFN:
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None  # the gradient rule differentiates it
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # none needed here
     keep: torch.Tensor | None = None  # the last batch's kept channels (gradient rule: once its backward ran)
-    _pending: _Kept | None = None
+    fuse: bool = True  # use the block's kept-channels-only backward where the block allows it
+    fused: bool = False  # whether attach installed it
+    _pending: _Kept | _BlockInputs | None = None
+    _down_weight_t: torch.Tensor | None = None
     _column_norms: torch.Tensor | None = None
     _row_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     _generator: torch.Generator | None = None
@@ -152,25 +239,33 @@ class BackwardSparseFFN:
         """Chooses, from the down projection's output gradient, the channels carrying most input gradient."""
 
         def choose(grad_out: torch.Tensor) -> torch.Tensor:
-            flat = grad_out.reshape(-1, grad_out.shape[-1])
-            sample = self._sample(flat.shape[0], flat.device)
-            weight = linear_parts(self.down)[0].weight
-            grad_h = flat[sample].float() @ weight.float()  # exact dL/dh on the sampled tokens
-            samples = {role: z.float() for role, z in pending.samples.items()}
-            if self.gate is None:  # h = act(z)
-                grads = {"up": grad_h * _derivative(self.activation, samples["up"])}
-            else:  # h = act(g) ⊙ u
-                gate = samples["gate"]
-                grads = {
-                    "up": grad_h * self.activation(gate),
-                    "gate": grad_h * samples["up"] * _derivative(self.activation, gate),
-                }
-            scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in grads.items())
+            channels = self._gradient_channels(grad_out.reshape(-1, grad_out.shape[-1]), pending.samples)
             pending.samples.clear()
-            self.keep = torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
-            return self.keep
+            return channels
 
         return choose
+
+    @torch.no_grad()
+    def _gradient_channels(self, grad: torch.Tensor, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The channels carrying most input gradient, from the exact gradient on the sampled tokens.
+
+        ``grad``: the down projection's output gradient (tokens × hidden); ``samples``: the up (and gate)
+        pre-activations at the sampled tokens, or at every token (then sampled here)."""
+        sample = self._sample(grad.shape[0], grad.device)
+        weight = linear_parts(self.down)[0].weight
+        grad_h = grad[sample].float() @ weight.float()  # exact dL/dh on the sampled tokens
+        samples = {role: (z if z.shape[0] == len(sample) else z[sample]).float() for role, z in samples.items()}
+        if self.gate is None:  # h = act(z)
+            grads = {"up": grad_h * _derivative(self.activation, samples["up"])}
+        else:  # h = act(g) ⊙ u
+            gate = samples["gate"]
+            grads = {
+                "up": grad_h * self.activation(gate),
+                "gate": grad_h * samples["up"] * _derivative(self.activation, gate),
+            }
+        scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in grads.items())
+        self.keep = torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
+        return self.keep
 
     def _row_norm(self, role: str) -> torch.Tensor:
         weight = linear_parts(getattr(self, role))[0].weight
@@ -196,6 +291,20 @@ class BackwardSparseFFN:
         """No calibration statistics in backward mode."""
 
     def attach(self, engine) -> None:
+        projections = [p for p in (self.up, self.gate, self.down) if p is not None]
+        self.fused = (
+            self.fuse
+            and activation_backward(self.activation) is not None
+            and not any(linear_parts(p)[1] for p in projections)
+        )
+        if self.fused:
+            for role in ("up", "gate"):
+                if getattr(self, role) is not None:
+                    base = linear_parts(getattr(self, role))[0]
+                    base.forward = self._pre_activation_forward_for(base, role, engine)
+            base_down = linear_parts(self.down)[0]
+            base_down.forward = self._fused_down_forward_for(base_down, engine)
+            return
         for projection in (self.up, self.gate):
             if projection is not None:
                 base = linear_parts(projection)[0]
@@ -238,6 +347,54 @@ class BackwardSparseFFN:
 
         return forward
 
+    def _pre_activation_forward_for(self, base: nn.Linear, role: str, engine):
+        """Fused block: up/gate computed exactly but without a graph; the down projection's function
+        carries the gradient from the block's output to its input ``x``."""
+        dense = type(base).forward.__get__(base)
+
+        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if args or kwargs or not self._active(engine, x):
+                return dense(x, *args, **kwargs)
+            pending = self._pending
+            if not isinstance(pending, _BlockInputs) or pending.x is not x:
+                pending = self._pending = _BlockInputs(x)  # a new forward through the block
+            pending.pre[role] = out = dense(x.detach())
+            return out
+
+        return forward
+
+    def _fused_down_forward_for(self, base: nn.Linear, engine):
+        dense = type(base).forward.__get__(base)
+        roles = ["up"] + (["gate"] if self.gate is not None else [])
+
+        def forward(h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            pending, self._pending = self._pending, None
+            if not isinstance(pending, _BlockInputs):
+                return dense(h, *args, **kwargs)
+            if args or kwargs or sorted(pending.pre) != sorted(roles):
+                raise RuntimeError(  # the up/gate outputs carry no graph: the block must end here
+                    f"SparseLoRA backward mode, layer {self.layer}: the FFN's down projection got an unexpected call"
+                )
+            self._down_weight_t = transposed(base.weight, self._down_weight_t)
+            plan = _KeptPlan(
+                up_weight=linear_parts(self.up)[0].weight,
+                gate_weight=linear_parts(self.gate)[0].weight if self.gate is not None else None,
+                down_weight=base.weight,
+                down_bias=base.bias,
+                down_weight_t=self._down_weight_t,
+                activation=self.activation,
+                activation_grad=activation_backward(self.activation),
+                channels=None if self.rule == "gradient" else self.select(h, engine.step),
+            )
+            if self.rule == "gradient":
+                plan.choose = self._gradient_channels
+            else:
+                self.keep = plan.channels
+                plan.scale = self.width / self.num_kept if self.rule == "random" else 1.0
+            return _KeptChannelsFFNBackward.apply(h, pending.x, pending.pre["up"], pending.pre.get("gate"), plan)
+
+        return forward
+
     def detach(self) -> None:
         for projection in (self.up, self.gate, self.down):
             if projection is not None:
@@ -247,7 +404,7 @@ class BackwardSparseFFN:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.keep, self._pending = None, None
+        self.keep, self._pending, self._down_weight_t = None, None, None
 
 
 @dataclass

@@ -12,6 +12,8 @@ Sparsity = float  # fraction of channels skipped, in [0, 1)
 Predictor = Literal["svd", "oracle", "random"]
 SparsePass = Literal["forward", "backward"]
 BackwardRule = Literal["contribution", "random", "gradient"]
+DenseSpan = Literal["tokens", "batch_span"]
+FFNScoreInput = Literal["tokens", "sequence_mean"]
 
 _SEED_FORM = re.compile(r"^layers?\.(\d+)$")  # "layer.3": FFN sparsity of layer 3 (the short form)
 _PART_FORM = re.compile(r"^layers\.(\d+)\.(mlp|attn)$")  # "layers.3.mlp" / "layers.3.attn"
@@ -83,8 +85,25 @@ class SparseLoRAConfig(BaseModel):
     dense_output_tokens: bool = Field(
         True,
         description=(
-            "Compute the FFN of output tokens dense, context tokens sparse. Decoders: tokens whose next label"
-            " is trained (!= -100); encoders: the first token, which the classification head reads."
+            "Compute output tokens dense in the FFN and in attention (their q/k/v from the full projections,"
+            " their o input dense), context tokens sparse. Decoders: tokens whose next label is trained"
+            " (!= -100); encoders: the first token, which the classification head reads."
+        ),
+    )
+    dense_span: DenseSpan = Field(
+        "tokens",
+        description=(
+            "Decoders with dense_output_tokens: which positions run dense: 'tokens' (exactly the output tokens"
+            " of each row) or 'batch_span' (every row's positions from the batch's first output position to"
+            " its last, the span the reference implementation slices)."
+        ),
+    )
+    ffn_score_input: FFNScoreInput = Field(
+        "tokens",
+        description=(
+            "What the FFN channel scores read: 'tokens' (the norm over sampled tokens of each channel's"
+            " estimated activation) or 'sequence_mean' (the estimate at each sequence's mean input, normed"
+            " over the batch: one row per sequence)."
         ),
     )
     mean_compensation: bool = Field(

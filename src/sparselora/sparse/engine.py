@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,35 +30,9 @@ from sparselora.sparse.backward import BackwardSparseAttention, BackwardSparseFF
 from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
 from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors, weights_dtype
+from sparselora.sparse.tokens import TokenSplit
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TokenSplit:
-    """Output and context positions of a batch as flat indices, found once per step and only if needed.
-
-    Every sparse layer gathers and re-orders tokens with these; boolean masks would instead make
-    each layer wait for the GPU to count the selected tokens (a host sync per layer, forward and
-    backward). Dense steps (warm-up, cool-down, evaluation) never compute them.
-    """
-
-    mask: torch.Tensor  # (batch, seq): True where the next token is a trained label
-
-    @cached_property
-    def dense(self) -> torch.Tensor:
-        """Flat positions computed dense (output tokens)."""
-        return self.mask.flatten().nonzero().squeeze(1)
-
-    @cached_property
-    def sparse(self) -> torch.Tensor:
-        """Flat positions computed sparse (context tokens)."""
-        return (~self.mask.flatten()).nonzero().squeeze(1)
-
-    @cached_property
-    def inverse(self) -> torch.Tensor:
-        """``cat([dense, sparse])[inverse]`` restores the original token order."""
-        return torch.cat([self.dense, self.sparse]).argsort()
 
 
 @dataclass
@@ -77,7 +51,9 @@ class SparseLoRAEngine:
     output_tokens: TokenSplit | None = None  # decoders: this batch's output / context positions
     driven_by_callback: bool = False  # the callback (begin_step) sets the step; otherwise training forwards count
     forwards_counted: int = 0
+    realised: list[tuple[float, float]] = field(default_factory=list)  # per step: FFN and attention kept shares
     _model_hook: object = None
+    _model: nn.Module | None = None
     _step_hook: object = None
 
     def sparse_now(self, sparsity: float, training: bool) -> bool:
@@ -93,6 +69,7 @@ class SparseLoRAEngine:
         """Called before each optimiser step (by the callback); from then on the caller drives the schedule."""
         self.driven_by_callback = True
         self._advance(step, max_steps)
+        self._record_step()
 
     def _advance(self, step: int, max_steps: int) -> None:
         """Set the step; ends calibration once its steps are done."""
@@ -128,7 +105,7 @@ class SparseLoRAEngine:
         if self.driven_by_callback or not module.training or not torch.is_grad_enabled():
             return
         if self.forwards_counted == 0 and self.calibrating:
-            logger.info(
+            logger.warning(
                 "SparseLoRA without its Trainer callback: training forwards count as steps; the first %d run "
                 "dense to calibrate outlier channels, then every one runs sparse (sparse_warmup_ratio and "
                 "sparse_cooldown_ratio need the callback). engine.start_sparse_now() skips the calibration.",
@@ -137,6 +114,7 @@ class SparseLoRAEngine:
         if self.calibrating:
             self._advance(self.forwards_counted, max_steps=0)
         self.forwards_counted += 1
+        self._record_step()
 
     def capture_output_tokens(self, _module, args, kwargs) -> None:
         """Model pre-hook: position t is an output token when labels[t + 1] is trained (causal LM shift)."""
@@ -144,9 +122,7 @@ class SparseLoRAEngine:
         if labels is None or labels.dim() != 2:
             self.output_tokens = None
             return
-        mask = torch.zeros_like(labels, dtype=torch.bool)
-        mask[:, :-1] = labels[:, 1:] != -100
-        self.output_tokens = TokenSplit(mask)
+        self.output_tokens = TokenSplit.output_tokens(labels, self.config.dense_span)
 
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:
@@ -154,6 +130,8 @@ class SparseLoRAEngine:
         for hook in (self._model_hook, self._step_hook):
             if hook is not None:
                 hook.remove()
+        if self._model is not None and getattr(self._model, "_sparselora_engine", None) is self:
+            del self._model._sparselora_engine
 
     def callback(self) -> TrainerCallback:
         """The Trainer callback that drives the schedule by the global step (warm-up, cool-down)."""
@@ -161,13 +139,38 @@ class SparseLoRAEngine:
         return SparseLoRACallback(self)
 
     def kept_fraction(self) -> float:
-        """Share of FFN channels computed, averaged over layers (1.0 = dense)."""
-        return sum(1 - layer.sparsity for layer in self.ffn) / max(len(self.ffn), 1)
+        """Share of FFN channels the current training step computes, averaged over layers: 1.0 on a dense step
+        (calibration, warm-up, cool-down, or the engine disabled)."""
+        return _mean([_kept_share(layer) if self.sparse_now(layer.sparsity, True) else 1.0 for layer in self.ffn])
+
+    def attention_kept_fraction(self) -> float:
+        """Share of attention's q/k/v/o channels the current training step computes (forward mode), 1.0 when dense;
+        in backward mode the share of layers whose frozen q/k/v pass an input gradient."""
+        shares = [1.0] * (len(self.ffn) - len(self.attention))
+        for block in self.attention:
+            sparse = self.sparse_now(block.sparsity, True)
+            shares.append((block.num_kept / block.head_dim if hasattr(block, "head_dim") else 0.0) if sparse else 1.0)
+        return _mean(shares)
+
+    def configured_kept_fraction(self) -> float:
+        """Share of FFN channels a sparse step computes, averaged over layers (the configuration)."""
+        return _mean([_kept_share(layer) for layer in self.ffn])
+
+    def _record_step(self) -> None:
+        """The realised sparsity of the step about to run (metrics.json's summary and the Trainer's logs)."""
+        self.realised.append((self.kept_fraction(), self.attention_kept_fraction()))
 
     def report(self) -> dict:
-        """What metrics.json records for a SparseLoRA run."""
+        """What metrics.json records for a SparseLoRA run: the configuration and what the steps realised."""
+        steps = len(self.realised)
         return {
-            "ffn_kept_fraction": self.kept_fraction(),
+            "ffn_kept_fraction": self.configured_kept_fraction(),
+            "realised": {
+                "steps": steps,
+                "sparse_steps": sum(ffn < 1.0 or attn < 1.0 for ffn, attn in self.realised),
+                "ffn_kept_fraction_mean": _mean([ffn for ffn, _ in self.realised]) if steps else None,
+                "attn_kept_fraction_mean": _mean([attn for _, attn in self.realised]) if steps else None,
+            },
             "ffn_sparsity_per_layer": [layer.sparsity for layer in self.ffn],
             "attn_sparsity_per_layer": [block.sparsity for block in self.attention] or [0.0] * len(self.ffn),
             "outlier_channels_per_layer": [int(layer.outliers.numel()) for layer in self.ffn],
@@ -192,6 +195,27 @@ class SparseLoRACallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.engine.begin_step(state.global_step, state.max_steps)
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """The step's realised sparsity next to its loss, for the trackers (TensorBoard, W&B) and the log:
+        callbacks after this one see it (sparselora's own runs put this callback first)."""
+        if logs is None or "loss" not in logs:
+            return
+        values = {
+            "sparselora/ffn_kept_fraction": self.engine.kept_fraction(),
+            "sparselora/attn_kept_fraction": self.engine.attention_kept_fraction(),
+        }
+        logs.update(values)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+
+def _kept_share(block) -> float:
+    return block.num_kept / block.width
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 1.0
+
 
 class UnsupportedModelError(ValueError):
     """The architecture is in the map, but this part of SparseLoRA is not implemented for it."""
@@ -210,6 +234,10 @@ def apply_sparselora(
     model: nn.Module, config: SparseLoRAConfig, model_name: str | None = None, progress: bool = True
 ) -> SparseLoRAEngine:
     """Attach contextual FFN and attention sparsity to a (PEFT-wrapped) model. LoRA adapters are untouched."""
+    if getattr(model, "_sparselora_engine", None) is not None:
+        raise ValueError(
+            "SparseLoRA is already applied to this model; call engine.detach() on its engine before applying it again"
+        )
     base_config = _model_config(model)
     spec = get_arch(base_config.model_type)
     if spec.conv1d:
@@ -251,6 +279,8 @@ def _attach(engine: SparseLoRAEngine, model: nn.Module) -> SparseLoRAEngine:
     for block in [*engine.ffn, *engine.attention]:
         block.attach(engine)
     engine._step_hook = model.register_forward_pre_hook(engine.count_training_forward, with_kwargs=True)
+    engine._model = model
+    model._sparselora_engine = engine
     return engine
 
 
@@ -299,7 +329,8 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
         sparsity=sparsity,
         estimator_tokens=config.estimator_tokens,
         predictor=config.predictor,
-        dense_tokens=(("labels" if spec.kind == "decoder" else "first") if config.dense_output_tokens else None),
+        dense_tokens=_dense_tokens(spec, config),
+        score_input=config.ffn_score_input,
         mean_compensation=config.mean_compensation,
     )
 
@@ -326,4 +357,12 @@ def _attention_block(modules, names, spec: ArchSpec, base_config, factors, layer
         sparsity=sparsity,
         estimator_tokens=config.estimator_tokens,
         predictor=config.predictor,
+        dense_tokens=_dense_tokens(spec, config),
     )
+
+
+def _dense_tokens(spec: ArchSpec, config: SparseLoRAConfig) -> Literal["labels", "first"] | None:
+    """Which tokens run dense in every sparse block: a decoder's output tokens, an encoder's first token."""
+    if not config.dense_output_tokens:
+        return None
+    return "labels" if spec.kind == "decoder" else "first"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from sparselora.sparse.config import Predictor, kept_channels
+from sparselora.sparse.config import FFNScoreInput, Predictor, kept_channels
 from sparselora.sparse.svd import LowRank
 
 
@@ -121,6 +121,7 @@ class SparseFFN:
     estimator_tokens: int = 256
     predictor: Predictor = "svd"
     dense_tokens: Literal["labels", "first"] | None = None  # decoder output tokens / the token an encoder's head reads
+    score_input: FFNScoreInput = "tokens"
     keep: torch.Tensor | None = None
     outliers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     channel_sq_sums: torch.Tensor | None = None  # calibration statistics
@@ -142,14 +143,17 @@ class SparseFFN:
     # selection ------------------------------------------------------------------------------
     @torch.no_grad()
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
-        """Estimated post-activation intermediate values, (sampled tokens × channels).
+        """Estimated post-activation intermediate values, (sampled tokens or sequences × channels).
 
         Channel scores are norms over tokens: an evenly spaced subset of tokens estimates them
-        well and bounds the estimator's cost independently of batch size.
+        well and bounds the estimator's cost independently of batch size. ``sequence_mean`` scores
+        the estimate at each sequence's mean input instead (the reference implementation's default).
         """
-        flat = x.reshape(-1, x.shape[-1])
-        stride = max(1, flat.shape[0] // self.estimator_tokens)
-        flat = flat[::stride]
+        if self.score_input == "sequence_mean" and x.dim() == 3:
+            flat = x.mean(dim=1)  # one mean input per sequence
+        else:
+            flat = x.reshape(-1, x.shape[-1])
+            flat = flat[:: max(1, flat.shape[0] // self.estimator_tokens)]
         self.up_estimator = self.up_estimator.to(flat)
         up = predicted_projection(flat, self.up, self.up_estimator, self.predictor)
         if self.gate_estimator is None:
@@ -259,7 +263,7 @@ class SparseFFN:
             flat = x.reshape(-1, x.shape[-1])
             dense_out = self._dense(whole, flat.index_select(0, split.dense))
             sparse_out = whole(flat.index_select(0, split.sparse))
-            return torch.cat([dense_out, sparse_out]).index_select(0, split.inverse).view(*x.shape[:-1], -1)
+            return split.join(dense_out, sparse_out).view(*x.shape[:-1], -1)
 
         return forward
 

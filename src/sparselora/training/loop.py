@@ -25,8 +25,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from sparselora.config import ConfigError, RunConfig
 from sparselora.evaluation.loop import EvalResult, evaluate
 from sparselora.files.atomic import atomic_write_json
+from sparselora.files.disk import disk_full_error, is_disk_full
 from sparselora.files.locks import exclusive_lock
 from sparselora.files.paths import check_writable_folder
+from sparselora.methods import MethodSetup
 from sparselora.report.model_card import write_model_card
 from sparselora.run_folder.layout import (
     CHECKPOINTS_DIR,
@@ -93,7 +95,17 @@ def training_arguments(config: RunConfig, checkpoints: str, distributed: bool) -
     try:
         return TrainingArguments(**(arguments | config.training_args))
     except (ValueError, TypeError, ImportError) as err:
-        raise ConfigError(f"config key 'training_args': transformers refused them: {err}") from None
+        culprits = [key for key in config.training_args if _refused(arguments | {key: config.training_args[key]})]
+        fields = f" ({', '.join(culprits)})" if culprits else ""
+        raise ConfigError(f"config key 'training_args'{fields}: transformers refused them: {err}") from None
+
+
+def _refused(arguments: dict[str, Any]) -> bool:
+    try:
+        TrainingArguments(**arguments)
+    except (ValueError, TypeError, ImportError):
+        return True
+    return False
 
 
 def run_evaluation(model, inputs: RunInputs) -> EvalResult:
@@ -270,7 +282,32 @@ def _train_and_publish(
     if checkpoint is not None and is_main:
         logger.info("resuming %s from %s", config.run_name, checkpoint)
     setup = inputs.build_method()
+    try:
+        return _train_method(inputs, setup, args, work, final_dir, resumed_from_step, checkpoint)
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(work, disk_space_needed(setup.model)) from err
+        raise
 
+
+def disk_space_needed(model: torch.nn.Module) -> int:
+    """Bytes a run writes at most: two checkpoints of fp32 trainable weights with AdamW's two moments each,
+    and the final weights."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
+    return 7 * trainable
+
+
+def _train_method(
+    inputs: RunInputs,
+    setup: MethodSetup,
+    args: TrainingArguments,
+    work: Path,
+    final_dir: Path,
+    resumed_from_step: int | None,
+    checkpoint: Path | None,
+) -> Path | None:
+    config = inputs.config
+    is_main = args.process_index == 0
     timer = StepTimer(work / TRAIN_LOG_FILE, config.timing_warmup_steps)
     guard = NonFiniteGuard(setup.model)
     with _tensorboard_logs_in(work / "tensorboard"):
@@ -283,6 +320,7 @@ def _train_and_publish(
             data_collator=inputs.data.train_collator,
             callbacks=[timer, *setup.callbacks, guard],
         )
+    _run_first(trainer, setup.callbacks)
     with PeakMemory(args.device) as memory:
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -313,6 +351,15 @@ def _train_and_publish(
 
         logger.info("uploaded to %s", push_run(final_dir, config.hub_model_id, private=config.hub_private))
     return final_dir
+
+
+def _run_first(trainer: Trainer, callbacks: list[TrainerCallback]) -> None:
+    """The method's callbacks before the Trainer's own and the trackers': what they add to a step's logs
+    (SparseLoRA's realised sparsity) reaches TensorBoard, W&B and train_log.jsonl."""
+    handler = trainer.callback_handler
+    for callback in reversed(callbacks):
+        handler.callbacks.remove(callback)
+        handler.callbacks.insert(0, callback)
 
 
 @contextmanager

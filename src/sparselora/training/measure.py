@@ -51,6 +51,7 @@ class StepTimer(TrainerCallback):
             "grad_norm": logs.get("grad_norm"),
             "step_ms": 1000 * statistics.mean(self._window) if self._window else None,
         }
+        record |= {key: value for key, value in logs.items() if key.startswith("sparselora/")}  # the method's own
         self._window = []
         self._write(record)
 

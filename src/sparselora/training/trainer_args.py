@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import typing
 from typing import Any
 
+import pydantic
 from transformers import TrainingArguments
 
 # TrainingArguments fields with a sparselora key of the same meaning: accepted as aliases at the top level.
@@ -74,9 +76,69 @@ def check_training_args(value: dict[str, Any]) -> dict[str, Any]:
             match = difflib.get_close_matches(key, sorted(trainer_fields()), n=1)
             hint = f"; did you mean '{match[0]}'?" if match else ""
             problems.append(f"'{key}' is not a field of transformers.TrainingArguments{hint}")
+        else:
+            problems += type_problems(key, value[key])
+    if "report_to" in value:
+        problems += report_to_problems(value["report_to"])
     if problems:
         raise ValueError("; ".join(problems))
     return value
+
+
+# pip names of the integrations whose package name differs from transformers' report_to name
+_TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "neptune": "neptune", "flyte": "flytekit"}
+
+
+def report_to_problems(value: Any) -> list[str]:
+    """``report_to`` names trackers transformers knows and that are installed here: a missing one fails before
+    the model loads, not in the Trainer after it."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return [f"'report_to' must be a tracker name or a list of them, got {value!r}"]
+    known, available = sorted(INTEGRATION_TO_CALLBACK), get_available_reporting_integrations()
+    problems = []
+    for name in names:
+        if name in ("all", "none"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(
+                f"report_to '{name}' is not a tracker transformers knows (one of: all, none, {', '.join(known)})"
+            )
+        elif name not in available:
+            package = _TRACKER_PACKAGES.get(name, name)
+            installed = ", ".join(available) or "none"
+            problems.append(
+                f"report_to '{name}' needs the package {package}, which is not installed (pip install {package}); "
+                f"installed trackers: {installed}"
+            )
+    return problems
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainingArguments)
+
+
+@functools.cache
+def _adapter(key: str) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(_field_types()[key])
+
+
+def type_problems(key: str, value: Any) -> list[str]:
+    """A field's value checked against its TrainingArguments annotation (``optim_args: 3`` is not a string)."""
+    try:
+        _adapter(key).validate_python(value)
+    except pydantic.ValidationError as err:
+        hint = _field_types()[key]
+        expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        reason = err.errors()[0]["msg"]
+        return [f"'{key}' must be {expected} ({reason}), got {value!r}"]
+    except pydantic.PydanticSchemaGenerationError:  # a type pydantic cannot check: transformers checks it
+        pass
+    return []
 
 
 def apply_aliases(raw: dict[str, Any]) -> dict[str, Any]:
