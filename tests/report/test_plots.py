@@ -26,3 +26,10 @@ def test_plots_write_png_and_svg(tmp_path):
     written += plot_loss_curves({"lora": ([1, 2, 3], [0.7, 0.6, 0.5])}, "l", tmp_path / "l", {"lora": ([3], [0.65])})
     assert sorted(p.name for p in written) == ["l.png", "l.svg", "m.png", "m.svg", "q.png", "q.svg"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_error_bars_stop_at_zero():
+    from sparselora.report.plots import _above_zero
+
+    bars = _above_zero([2295.0, 100.0], [2946.0, 5.0])
+    assert bars.tolist() == [[2295.0, 5.0], [2946.0, 5.0]]  # lower bar cut at the value, upper kept

@@ -50,3 +50,16 @@ def test_aggregate_and_table_mark_the_best_and_the_failures():
     assert "failed: boom / bad" in text
     sentences = " ".join(summary_sentences(frame, summary, "lora"))
     assert "accuracy -1.25 pt vs lora" in sentences and "time/step ×0.80" in sentences
+
+
+def test_a_speed_column_with_a_huge_spread_is_marked_not_bolded():
+    rows = [
+        {"task": "sst2", "label": label, "method": label, "seed": seed, "status": "finished", "accuracy": 0.8}
+        | {"ms_per_step": ms, "train_s": 10.0}
+        for label, times in (("lora", [100.0, 110.0, 105.0]), ("busy", [300.0, 6000.0, 600.0]))
+        for seed, ms in enumerate(times)
+    ]
+    text = markdown_table(aggregate(pd.DataFrame(rows), ["lora", "busy"]))
+    assert "2,300 ± 3,208 ⚠" in text and "**105 ± 5**" in text
+    assert "not a speed measurement" in text
+    assert "Adapter zeros" not in text  # no column without values

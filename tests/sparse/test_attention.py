@@ -10,18 +10,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
 from sparselora.sparse.tokens import TokenSplit
+from tests.sparse.test_exactness import SIZES
 
-LLAMA = {
-    "vocab_size": 100,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "head_dim": 8,
-    "pad_token_id": 0,
-}
-BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+LLAMA = {"vocab_size": 100, **SIZES["llama"]}
+BERT = {"vocab_size": 100, **SIZES["bert"]}
 
 
 def _causal_lm(model_type: str = "llama", attention: str = "sdpa"):

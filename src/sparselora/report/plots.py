@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt
@@ -50,6 +51,14 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _above_zero(values, spread):
+    """Error bars of non-negative quantities: mean ± std, the lower bar cut at zero."""
+    if spread is None:
+        return None
+    values, spread = np.asarray(values, dtype=float), np.asarray(spread, dtype=float)
+    return np.vstack([np.minimum(spread, values), spread])
+
+
 def plot_quality_vs_time(
     summary, metric: str, title: str, path_stem: Path, higher_is_better: bool = True
 ) -> list[Path]:
@@ -60,7 +69,9 @@ def plot_quality_vs_time(
     xerr = None if interleaved else done["ms_per_step_std"].fillna(0)
     figure, axis = plt.subplots(figsize=(6, 4.2))
     points = list(zip(x, done[f"{metric}_mean"], strict=True))
-    axis.errorbar(x, done[f"{metric}_mean"], xerr=xerr, yerr=done[f"{metric}_std"].fillna(0), fmt="o", capsize=3)
+    y = done[f"{metric}_mean"]
+    axis.errorbar(x, y, xerr=_above_zero(x, xerr), yerr=_above_zero(y, done[f"{metric}_std"].fillna(0)), fmt="o",
+                  capsize=3)  # fmt: skip
     for (px, py), label in zip(points, done["label"], strict=True):
         axis.annotate(label, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto_front(points, higher_is_better)
@@ -75,7 +86,8 @@ def plot_quality_vs_time(
 def plot_peak_memory(summary, title: str, path_stem: Path) -> list[Path]:
     done = summary[summary["seeds"] > 0]
     figure, axis = plt.subplots(figsize=(max(5, 0.7 * len(done) + 2), 3.8))
-    axis.bar(done["label"], done["peak_mb_mean"], yerr=done["peak_mb_std"].fillna(0), capsize=3, color="tab:green")
+    peak = done["peak_mb_mean"]
+    axis.bar(done["label"], peak, yerr=_above_zero(peak, done["peak_mb_std"].fillna(0)), capsize=3, color="tab:green")
     axis.set_ylabel("peak memory (MB)")
     axis.set_title(title)
     axis.tick_params(axis="x", rotation=45)

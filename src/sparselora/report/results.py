@@ -38,7 +38,8 @@ COLUMNS = [
     Column("exact_match", "Exact match", "max", "{:.4f}"),
     Column("perplexity", "Perplexity", "min", "{:.2f}"),
     Column("eval_loss", "Loss", "min", "{:.4f}"),
-    Column("sparsity", "Sparsity", "max", "{:.3f}"),
+    Column("sparsity", "Adapter zeros", "max", "{:.3f}"),
+    Column("kept_fraction", "Frozen FFN channels computed", "min", "{:.3f}"),
     Column("trainable_params", "Trainable params", "min", "{:,.0f}"),
     Column("nonzero_params", "Nonzero params", "min", "{:,.0f}"),
     Column("peak_mb", "Peak memory (MB)", "min", "{:,.0f}"),
@@ -60,6 +61,13 @@ TASK_METRICS = (
     "perplexity",
 )
 ALPHA = 0.05
+# A speed column whose spread over seeds exceeds this share of its mean measured a busy machine, not the method.
+NOISY_SPREAD = 0.25
+SPEED_COLUMNS = ("ms_per_step", "train_s")
+NOISY_NOTE = (
+    "⚠: spread over seeds above 25% of the mean: the cells did not run alone on the machine, so this column is"
+    " not a speed measurement (read the interleaved column)."
+)
 
 
 def split_run_name(name: str) -> tuple[str, str, int] | None:
@@ -79,6 +87,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     row |= {
         "eval_loss": task_metrics.get("eval_loss"),
         "sparsity": method.get("adapter_sparsity", params.get("trainable_sparsity")),
+        "kept_fraction": (method.get("realised") or {}).get("ffn_kept_fraction_mean"),
         "trainable_params": params["trainable"],
         "nonzero_params": params["nonzero_trainable"],
         "peak_mb": metrics["memory"]["peak_mb"],
@@ -206,12 +215,21 @@ def _best(summary: pd.DataFrame, column: Column) -> float | None:
     return float(values.max() if column.better == "max" else values.min())
 
 
+def is_noisy(mean: float | None, std: float | None, key: str) -> bool:
+    """A speed column's spread over seeds too large for it to measure the method (see NOISY_SPREAD)."""
+    if key not in SPEED_COLUMNS or mean is None or std is None or math.isnan(mean) or math.isnan(std) or mean <= 0:
+        return False
+    return std / mean > NOISY_SPREAD
+
+
 def format_cell(mean: float, std: float, column: Column, best: float | None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     text = column.fmt.format(mean)
     if std is not None and not math.isnan(std):
         text += " ± " + column.fmt.format(std)
+    if is_noisy(mean, std, column.key):
+        return f"{text} ⚠"
     return f"**{text}**" if best is not None and math.isclose(mean, best, rel_tol=1e-12) else text
 
 
@@ -226,7 +244,13 @@ def markdown_table(summary: pd.DataFrame) -> str:
         else:
             cells = [format_cell(row[f"{c.key}_mean"], row[f"{c.key}_std"], c, best[c.key]) for c in columns]
         rows.append([row["label"], seeds, *cells])
-    return table(["Method", "Seeds", *[c.header for c in columns]], rows)
+    text = table(["Method", "Seeds", *[c.header for c in columns]], rows)
+    noisy = any(
+        is_noisy(row.get(f"{c.key}_mean"), row.get(f"{c.key}_std"), c.key)
+        for _, row in summary.iterrows()
+        for c in columns
+    )
+    return f"{text}\n\n{NOISY_NOTE}" if noisy else text
 
 
 def _short(error: str, limit: int = 90) -> str:

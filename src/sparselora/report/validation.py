@@ -9,6 +9,12 @@ import pandas as pd
 
 from sparselora.compare.plan import CompareConfig, Target
 from sparselora.report.markdown import table
+from sparselora.report.results import is_noisy
+
+NOT_MEASURED_NOTE = (
+    "NOT MEASURED (spread): the speed column's spread over seeds is above 25% of its mean (the cells shared the"
+    " machine), so no verdict is drawn from it; a target on `ms_per_step_interleaved` (the `timing:` pass) judges it."
+)
 
 
 @dataclass(frozen=True)
@@ -17,11 +23,14 @@ class Check:
     target: Target
     reference: str
     ratio: float | None  # None: a value is missing (failed or absent runs)
+    noisy: bool = False  # a speed ratio from a column whose spread says the machine was busy
 
     @property
     def verdict(self) -> str:
         if self.ratio is None:
             return "MISSING"
+        if self.noisy:
+            return "NOT MEASURED (spread)"
         low_ok = self.target.min_ratio is None or self.ratio >= self.target.min_ratio
         high_ok = self.target.max_ratio is None or self.ratio <= self.target.max_ratio
         return "PASS" if low_ok and high_ok else "FAIL"
@@ -42,13 +51,18 @@ def checks(summary: pd.DataFrame, config: CompareConfig) -> list[Check]:
     for target in config.targets:
         reference = target.reference or config.reference
         for label in target.methods or [m for m in config.methods if m != reference]:
-            ratio = None
+            ratio, noisy = None, False
             column = f"{target.metric}_mean"
             if label in by_label.index and reference in by_label.index and column in by_label:
                 value, ref = by_label.at[label, column], by_label.at[reference, column]
                 if not (pd.isna(value) or pd.isna(ref) or ref == 0):
                     ratio = float(value / ref)
-            results.append(Check(label, target, reference, ratio))
+                spread = f"{target.metric}_std"
+                noisy = spread in by_label and any(
+                    is_noisy(by_label.at[name, column], by_label.at[name, spread], target.metric)
+                    for name in (label, reference)
+                )
+            results.append(Check(label, target, reference, ratio, noisy))
     return results
 
 
@@ -68,4 +82,7 @@ def validation_markdown(task: str, summary: pd.DataFrame, config: CompareConfig)
     ]
     header = ["Method", "Metric", "Ratio to reference", "Target", "Result"]
     passed = sum(c.verdict == "PASS" for c in found)
-    return "\n".join([f"## {task}", "", table(header, rows), "", f"{passed} of {len(found)} checks pass.", ""])
+    lines = [f"## {task}", "", table(header, rows), "", f"{passed} of {len(found)} checks pass."]
+    if any(c.noisy for c in found):
+        lines += ["", NOT_MEASURED_NOTE]
+    return "\n".join([*lines, ""])
