@@ -8,15 +8,17 @@ median). Then torch.profiler splits dense LoRA's step into
 - the frozen FFN's input-gradient matmuls (backward matmuls with the intermediate width),
 - the attention projections' input-gradient matmuls (backward matmuls with hidden × hidden or
   hidden × key/value width weights),
+- the FFN's element-wise backward at the intermediate width (the activation's, SwiGLU's product),
 - every other matmul (forward, LoRA, heads) and everything else (element-wise, attention kernels,
   optimiser, framework),
 
-and the **bound** of each point is dense LoRA's median step with the FFN part scaled by the kept fraction
-(and, where the point drops the frozen q/k/v input gradient, their FLOPs share of the attention part
-removed): what the step would take if the kept channels cost exactly their share and nothing else
-changed. Also each contender's activation memory held for the backward (bytes of the distinct tensors
-saved by one forward), the weight copies the engine keeps, and the peak RSS of a fresh process that builds
-that contender alone and trains 3 steps. Prints a table and writes JSON.
+and the **bound** of each point is dense LoRA's median step with the FFN's input-gradient matmuls scaled by
+the kept fraction (and, where the point drops the frozen q/k/v input gradient, their FLOPs share of the
+attention part removed): what the step would take if the kept channels cost exactly their share of the
+matmuls and nothing else changed. The FFN-backward bound scales the FFN's element-wise backward too, which
+the kept-channels backward also shrinks. Also each contender's activation memory held for the backward
+(bytes of the distinct tensors saved by one forward), the weight copies the engine keeps, and the peak RSS
+of a fresh process that builds that contender alone and trains 3 steps. Prints a table and writes JSON.
 
     python benchmarks/sparselora_backward_bound.py --config configs/sst2_sparselora_attn.yaml \\
         --precision fp32 --point ffn75=0.75:0 --point ffn90=0.9:0 --point ffn90_qkv=0.9:0.5 \\
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import tempfile
 from collections import defaultdict
@@ -51,6 +52,11 @@ def _phase(event) -> str | None:
     while event is not None and event.name not in PHASES:
         event = event.cpu_parent
     return None if event is None else event.name
+
+
+def _last_width(event) -> int | None:
+    shapes = [tuple(s) for s in event.input_shapes if s]
+    return shapes[0][-1] if shapes else None
 
 
 def _weight_shape(event) -> tuple[int, ...]:
@@ -77,6 +83,8 @@ def split_step(contender, sizes: dict[str, int], steps: int, at_step: int) -> di
             parts["attn_input_grad_mm"] += ms
         elif event.name in MATMULS:
             parts["other_mm"] += ms
+        elif phase == "backward" and _last_width(event) == inter:
+            parts["ffn_elementwise_backward"] += ms  # the activation's (and gate product's) backward, full width
         else:
             parts["other_ops"] += ms
     return dict(parts)
@@ -105,7 +113,9 @@ def peak_rss_mb(config: RunConfig, steps: int = 3) -> float:
         contender = build_contender("rss", config, Path(scratch))
         for step in range(steps):
             timed_step(contender, 10 + step)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent into a spawned process
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def _sizes(model) -> dict[str, int]:
@@ -183,10 +193,10 @@ def main() -> None:
         if label == "lora":
             continue
         drops_qkv = config.method_options.attn_sparsity > 0
-        bound_ratio = (
-            1 - shares.get("ffn_input_grad_mm", 0) * (1 - kept[label])
-            - (shares.get("attn_input_grad_mm", 0) * qkv_share if drops_qkv else 0)
-        )  # fmt: skip
+        attn_saving = shares.get("attn_input_grad_mm", 0) * qkv_share if drops_qkv else 0
+        bound_ratio = 1 - shares.get("ffn_input_grad_mm", 0) * (1 - kept[label]) - attn_saving
+        # the whole FFN backward scaled: its matmuls and its full-width element-wise backward
+        block_bound_ratio = bound_ratio - shares.get("ffn_elementwise_backward", 0) * (1 - kept[label])
         bound_ms = median["lora"] * bound_ratio
         result_points[label] = {
             "ffn_kept_fraction": kept[label],
@@ -197,12 +207,14 @@ def main() -> None:
             "bound_speedup": median["lora"] / bound_ms,
             "time_ratio": median[label] / median["lora"],
             "bound_time_ratio": bound_ratio,
+            "block_bound_time_ratio": block_bound_ratio,
             "gap_to_bound": median[label] / median["lora"] - bound_ratio,
         }
         p, mb = result_points[label], memory[label]
         rows.append([
             label, f"{kept[label]:.2f}", "dropped" if drops_qkv else "exact", f"{median[label]:.0f}",
-            f"{p['time_ratio']:.3f}", f"{p['bound_time_ratio']:.3f}", f"{p['gap_to_bound']:+.3f}",
+            f"{p['time_ratio']:.3f}", f"{p['bound_time_ratio']:.3f}", f"{p['block_bound_time_ratio']:.3f}",
+            f"{p['gap_to_bound']:+.3f}",
             f"{p['speedup']:.2f}×", f"{mb['saved_for_backward_mb']:.0f} (+{mb['weight_copies_mb']:.0f})",
             f"{mb['peak_rss_mb']:.0f}",
         ])  # fmt: skip
@@ -229,9 +241,10 @@ def main() -> None:
     print(f"dense LoRA {median['lora']:.0f} ms/step; its step: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     print(
         table(
-            ["point", "FFN kept", "q/k/v input grad", "ms/step", "time ratio", "bound", "gap", "speed-up",
+            ["point", "FFN kept", "q/k/v input grad", "ms/step", "time ratio", "bound (matmuls)",
+             "bound (FFN backward)", "gap (matmuls)", "speed-up",
              "saved for backward MB (+copies)", "peak RSS MB"],
-            [["lora", "1.00", "exact", f"{median['lora']:.0f}", "1.000", "1.000", "", "1.00×",
+            [["lora", "1.00", "exact", f"{median['lora']:.0f}", "1.000", "1.000", "1.000", "", "1.00×",
               f"{memory['lora']['saved_for_backward_mb']:.0f}", f"{memory['lora']['peak_rss_mb']:.0f}"], *rows],
         )
     )  # fmt: skip

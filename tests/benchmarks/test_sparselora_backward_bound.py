@@ -35,7 +35,9 @@ def test_the_bound_benchmark_profiles_and_bounds_each_point(tiny_llama_dir, data
     result = json.loads(out.read_text())
     assert set(result["median_ms"]) == {"lora", "ffn75", "ffn90_qkv"}
     assert result["dense_lora_shares"]["ffn_input_grad_mm"] > 0
-    assert 0 < result["points"]["ffn90_qkv"]["bound_time_ratio"] < result["points"]["ffn75"]["bound_time_ratio"] < 1
+    points = result["points"]
+    assert 0 < points["ffn90_qkv"]["bound_time_ratio"] < points["ffn75"]["bound_time_ratio"] < 1
+    assert points["ffn75"]["block_bound_time_ratio"] <= points["ffn75"]["bound_time_ratio"]
     assert result["points"]["ffn75"]["ffn_kept_fraction"] == 0.25
     assert all(memory["peak_rss_mb"] > 0 for memory in result["memory"].values())
     assert "bound" in done.stdout

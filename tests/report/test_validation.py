@@ -35,7 +35,12 @@ def test_a_speed_column_from_a_busy_machine_gives_no_verdict():
     )
     summary = pd.DataFrame(
         [
-            {"label": "lora", "ms_per_step_mean": 2295.0, "ms_per_step_std": 2946.0, "ms_per_step_interleaved_mean": 100.0},
+            {
+                "label": "lora",
+                "ms_per_step_mean": 2295.0,
+                "ms_per_step_std": 2946.0,
+                "ms_per_step_interleaved_mean": 100.0,
+            },
             {"label": "fast", "ms_per_step_mean": 900.0, "ms_per_step_std": 50.0, "ms_per_step_interleaved_mean": 70.0},
         ]
     )
