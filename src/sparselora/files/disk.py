@@ -27,10 +27,21 @@ def is_disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def disk_full_error(folder: Path, needed_bytes: int) -> DiskFullError:
+def _written_file(err: BaseException | None) -> str | None:
+    """The file whose write failed, where the error (or one it was raised from) names it."""
+    while err is not None:
+        if isinstance(err, OSError) and err.filename:
+            return str(err.filename)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_error(folder: Path, needed_bytes: int, err: BaseException | None = None) -> DiskFullError:
     free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    written = _written_file(err)
+    where = f" (No space left on device: '{written}')" if written else ""
     return DiskFullError(
-        f"the disk of '{folder}' is full ({free / 2**20:.0f} MB free; this run needs about "
-        f"{needed_bytes / 2**20:.0f} MB there for its checkpoints and results). Free some space or point "
+        f"the disk of '{folder}' is full{where}: {free / 2**20:.0f} MB free; this run needs about "
+        f"{needed_bytes / 2**20:.0f} MB there for its checkpoints and results. Free some disk space or point "
         "`output_dir` at another disk; the unfinished run is kept and resumes with the same command",
     )

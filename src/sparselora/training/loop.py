@@ -286,7 +286,7 @@ def _train_and_publish(
         return _train_method(inputs, setup, args, work, final_dir, resumed_from_step, checkpoint)
     except Exception as err:
         if is_disk_full(err):
-            raise disk_full_error(work, disk_space_needed(setup.model)) from err
+            raise disk_full_error(work, disk_space_needed(setup.model), err) from err
         raise
 
 
