@@ -22,7 +22,7 @@ import torch
 from transformers import set_seed
 
 from sparselora.compare.plan import Cell, load_compare_config
-from sparselora.config import build_config, load_config
+from sparselora.config import load_config
 from sparselora.report.markdown import table
 from sparselora.sparse.engine import SparseLoRAEngine
 from sparselora.sparse.tokens import TokenSplit
@@ -130,7 +130,7 @@ def _run_config(path: str, method: str | None):
     plan = load_compare_config(path)
     if method not in plan.methods:
         raise SystemExit(f"--method {method!r}: not a method of {path} ({', '.join(plan.methods)})")
-    return build_config(Cell(method, plan.tasks[0], plan.seeds[0]).run_keys(plan))
+    return Cell(method, plan.tasks[0], plan.seeds[0]).run_config(plan)
 
 
 if __name__ == "__main__":

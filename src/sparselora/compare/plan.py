@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparselora.config import ConfigError
+from sparselora.config import ConfigError, RunConfig, build_config
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 
@@ -117,6 +117,10 @@ class Cell:
             "name": self.run_name,
             "output_dir": str(runs_dir(config)),
         }
+
+    def run_config(self, config: CompareConfig) -> RunConfig:
+        """The validated run config of this cell."""
+        return build_config(self.run_keys(config))
 
 
 def runs_dir(config: CompareConfig) -> Path:

@@ -21,7 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
-from sparselora.config import ConfigError, build_config, config_changes
+from sparselora.config import ConfigError, config_changes
 from sparselora.files.atomic import atomic_write_json, atomic_write_text
 from sparselora.files.locks import BUSY_EXIT_CODE, is_locked
 from sparselora.files.paths import check_writable_folder
@@ -54,7 +54,7 @@ class StaleCellError(RuntimeError):
 def changed_keys(config: CompareConfig, cell: Cell) -> dict[str, tuple]:
     """Keys whose resolved value differs between the finished run and the current config."""
     saved, _ = read_run(runs_dir(config) / cell.run_name)
-    return config_changes(saved, build_config(cell.run_keys(config)).to_flat_dict())
+    return config_changes(saved, cell.run_config(config).to_flat_dict())
 
 
 def check_not_stale(config: CompareConfig, cells: list[Cell]) -> None:

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerControl, TrainerState, TrainingArgument
 
 from sparselora.compare.plan import Cell, CompareConfig, TimingConfig, plan_cells
 from sparselora.compare.runner import cell_finished, failure_path
-from sparselora.config import ConfigError, RunConfig, build_config
+from sparselora.config import ConfigError, RunConfig
 from sparselora.files.atomic import atomic_write_json
 from sparselora.training.environment import describe_environment
 from sparselora.training.inputs import load_inputs
@@ -218,7 +218,7 @@ def time_task(config: CompareConfig, task: str, labels: list[str], progress: boo
     configs = {}
     for label in labels:
         try:
-            configs[label] = build_config(Cell(label, task, seed).run_keys(config))
+            configs[label] = Cell(label, task, seed).run_config(config)
         except ConfigError as err:
             logger.error("interleaved timing leaves out %s: %s", label, err)
     times = interleaved_step_times(configs, timing.rounds, timing.warmup, progress)

@@ -139,7 +139,7 @@ class SparseAttention:
     def _split_for(self, hidden_states: torch.Tensor, engine) -> TokenSplit | None:
         batch, seq = hidden_states.shape[:2]
         if self.dense_tokens == "first":
-            return TokenSplit.first_token(batch, seq, hidden_states.device)
+            return engine.first_token_split(batch, seq, hidden_states.device)
         split = engine.output_tokens if self.dense_tokens == "labels" else None
         return split if split is not None and split.mask.shape == (batch, seq) else None
 

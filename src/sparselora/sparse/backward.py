@@ -198,6 +198,7 @@ class BackwardSparseFFN:
     fused: bool = False  # whether attach installed it
     _pending: _Kept | _BlockInputs | None = None
     _down_weight_t: torch.Tensor | None = None
+    _activation_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     _column_norms: torch.Tensor | None = None
     _row_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     _generator: torch.Generator | None = None
@@ -292,10 +293,9 @@ class BackwardSparseFFN:
 
     def attach(self, engine) -> None:
         projections = [p for p in (self.up, self.gate, self.down) if p is not None]
+        self._activation_grad = activation_backward(self.activation)
         self.fused = (
-            self.fuse
-            and activation_backward(self.activation) is not None
-            and not any(linear_parts(p)[1] for p in projections)
+            self.fuse and self._activation_grad is not None and not any(linear_parts(p)[1] for p in projections)
         )
         if self.fused:
             for role in ("up", "gate"):
@@ -383,7 +383,7 @@ class BackwardSparseFFN:
                 down_bias=base.bias,
                 down_weight_t=self._down_weight_t,
                 activation=self.activation,
-                activation_grad=activation_backward(self.activation),
+                activation_grad=self._activation_grad,
                 channels=None if self.rule == "gradient" else self.select(h, engine.step),
             )
             if self.rule == "gradient":

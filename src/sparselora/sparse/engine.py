@@ -54,6 +54,7 @@ class SparseLoRAEngine:
     realised: list[tuple[float, float]] = field(default_factory=list)  # per step: FFN and attention kept shares
     _model_hook: object = None
     _model: nn.Module | None = None
+    _first_token: TokenSplit | None = None
     _step_hook: object = None
 
     def sparse_now(self, sparsity: float, training: bool) -> bool:
@@ -123,6 +124,13 @@ class SparseLoRAEngine:
             self.output_tokens = None
             return
         self.output_tokens = TokenSplit.output_tokens(labels, self.config.dense_span)
+
+    def first_token_split(self, batch: int, seq: int, device: torch.device) -> TokenSplit:
+        """Encoders: the first token dense; one split per batch shape, shared by every layer."""
+        split = self._first_token
+        if split is None or split.mask.shape != (batch, seq) or split.mask.device != device:
+            split = self._first_token = TokenSplit.first_token(batch, seq, device)
+        return split
 
     def detach(self) -> None:
         for block in [*self.ffn, *self.attention]:
