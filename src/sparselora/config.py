@@ -22,6 +22,8 @@ from sparselora.methods.registry import MethodOptions, get_method, method_names
 from sparselora.training.precision import Precision
 from sparselora.training.trainer_args import apply_aliases, check_training_args, trainer_fields
 
+DataFormat = Literal["auto", "classification", "messages", "prompt_completion", "text"]
+
 
 class ConfigError(ValueError):
     """A config that cannot run: the message names the key and the fix."""
@@ -49,7 +51,8 @@ class RunConfig(BaseModel):
     task: str = Field(
         "sst2",
         description="sst2, imdb, mrpc, wikitext2, gsm8k; csv/tsv/jsonl/parquet/arrow for your own files; "
-        "dataset for any classification dataset load_dataset opens (keys dataset, dataset_config, *_split).",
+        "dataset for any dataset load_dataset opens (keys dataset, dataset_config, *_split). Own data is "
+        "classification, or SFT/chat/text for causal LMs (data_format).",
     )
     method: str = Field("lora", description="A registered method name (see `sparselora methods`).")
     seed: int = Field(0, description="Seeds model init, dropout and data order.")
@@ -77,6 +80,25 @@ class RunConfig(BaseModel):
         None, description="file and dataset tasks: optional second text column (sentence pairs)."
     )
     label_column: str = Field("label", description="file and dataset tasks: column with the label.")
+    data_format: DataFormat = Field(
+        "auto",
+        description="file and dataset tasks: classification; messages (chat turns, the chat template, assistant "
+        "turns trained); prompt_completion (the completion trained); text (language modelling); auto picks by "
+        "columns: label → classification, chat turns → messages, prompt + completion, then text.",
+    )
+    messages_column: str = Field("messages", description="data_format messages: column of {role, content} turns.")
+    prompt_column: str = Field("prompt", description="data_format prompt_completion: the prompt column.")
+    completion_column: str = Field("completion", description="data_format prompt_completion: the trained column.")
+    packing: bool = Field(
+        False,
+        description="SFT and text data: pack examples into rows of max_length (position ids restart per example, "
+        "so attention stays within each example), instead of one padded example per row.",
+    )
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="SFT and text data: a row that cannot be trained on (a missing role, an empty assistant turn, "
+        "a prompt longer than max_length) stops with its row number ('error') or is counted and skipped ('skip').",
+    )
     problem_type: Literal["single_label_classification", "regression"] = Field(
         "single_label_classification",
         description="file and dataset tasks: 'regression' trains a one-output head on numeric labels (MSE, "

@@ -297,7 +297,9 @@ def setup_from_run_config(
 def _head_kind(config: dict[str, Any], arch: ArchSpec) -> Head:
     from sparselora.data import get_task
 
-    return head_for(get_task(config.get("task", "sst2")).kind, arch.kind == "decoder", config.get("model", ""))
+    data_format = config.get("data_format", "auto")  # your own files: the format, where the config names it
+    kind = {"messages": "sft", "prompt_completion": "sft", "text": "language_modeling"}.get(data_format)
+    return head_for(kind or get_task(config.get("task", "sst2")).kind, arch.kind == "decoder", config.get("model", ""))
 
 
 def _roles(target_modules: Any, arch: ArchSpec) -> tuple[str, ...]:

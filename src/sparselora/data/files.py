@@ -1,4 +1,6 @@
-"""Your own classification data: csv/tsv/jsonl/parquet/arrow files, or any dataset ``load_dataset`` opens.
+"""Your own data: csv/tsv/jsonl/parquet/arrow files, or any dataset ``load_dataset`` opens.
+
+Classification is read here; SFT, chat and text data for causal LMs in data/sft.py (``data_format``).
 
 Labels map to class ids as users expect: numbers in numeric order (``1`` and ``1.0`` are one class),
 anything else in sorted string order. The mapping is recorded in the run (``label_names``, the model's
@@ -15,6 +17,7 @@ from datasets import Dataset
 
 from sparselora.data.readers import DataFileError, check_columns, read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
+from sparselora.data.sft import detect_format, sft_splits
 
 
 def _read(path: Path | None, key: str) -> Dataset:
@@ -112,12 +115,15 @@ def _check_label_column(config) -> None:
 
 
 def load_files(config) -> TaskData:
-    _check_label_column(config)
     recorded = config.label_names  # set when a saved run is evaluated: its training file is not needed
     training_file_there = config.train_file is not None and Path(config.train_file).is_file()
     train = _read(config.train_file, "train_file") if recorded is None or training_file_there else None
     evaluation = _read(config.eval_file, "eval_file")
     where = {"train": f"train_file '{config.train_file}'", "eval": f"eval_file '{config.eval_file}'"}
+    fmt = detect_format(config, train if train is not None else evaluation, where["train" if train else "eval"])
+    if fmt != "classification":
+        return sft_splits(config, fmt, train, evaluation, where)
+    _check_label_column(config)
     return classification_splits(config, train, evaluation, where, recorded)
 
 
@@ -125,7 +131,6 @@ def load_hub_dataset(config) -> TaskData:
     """``task: dataset``: the ``dataset`` key's Hub id, local folder or data file, opened by ``load_dataset``."""
     from sparselora.data.sources import open_dataset
 
-    _check_label_column(config)
     splits = open_dataset(config)
     for key, split in (("train_split", config.train_split), ("eval_split", config.eval_split)):
         if split not in splits:
@@ -133,14 +138,18 @@ def load_hub_dataset(config) -> TaskData:
                 f"config key '{key}': dataset '{config.dataset}' has no split '{split}'; its splits: {list(splits)}"
             )
     train, evaluation = splits[config.train_split], splits[config.eval_split]
+    source = f"dataset '{config.dataset}'"
+    where = {"train": f"{source} split '{config.train_split}'", "eval": f"{source} split '{config.eval_split}'"}
+    fmt = detect_format(config, train, where["train"])
+    if fmt != "classification":
+        return sft_splits(config, fmt, train, evaluation, where)
+    _check_label_column(config)
     feature = train.features.get(config.label_column)
     class_names = list(getattr(feature, "names", None) or []) or None  # a ClassLabel column names its classes
     recorded = config.label_names or class_names
     if class_names:  # ids → names, so one mapping rule serves every source
         train, evaluation = (split.cast_column(config.label_column, _as_string()) for split in (train, evaluation))
         train, evaluation = (_names_of(split, config.label_column, class_names) for split in (train, evaluation))
-    source = f"dataset '{config.dataset}'"
-    where = {"train": f"{source} split '{config.train_split}'", "eval": f"{source} split '{config.eval_split}'"}
     return classification_splits(config, train, evaluation, where, recorded)
 
 

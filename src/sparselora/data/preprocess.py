@@ -15,7 +15,9 @@ from transformers import (
     default_data_collator,
 )
 
+from sparselora.data.gsm8k import final_answer
 from sparselora.data.registry import TaskKind, first_n
+from sparselora.data.sft_tokens import PackedCollator, encode_row, encode_rows, pack, row_segments
 
 # Evaluation masks must not change between `train` and `eval`: fixed seed for the MLM eval collator.
 MLM_EVAL_SEED = 1234
@@ -115,6 +117,31 @@ def _sft(ds: Dataset, tokenizer, max_length: int, chat: bool) -> Dataset:
     return ds.map(encode, remove_columns=ds.column_names)
 
 
+def _context_and_answer(row: dict, tokenizer) -> tuple[str, str | None]:
+    """The text before a row's last trained piece (the generation prompt) and that piece's final answer."""
+    segments = row_segments(row, tokenizer)
+    last = max(i for i, (_text, trained) in enumerate(segments) if trained)
+    return "".join(text for text, _ in segments[:last]), final_answer(segments[last][0])
+
+
+def _own_sft(train: Dataset, evaluation: Dataset, tokenizer, max_length: int, packing: bool, bad_rows: str) -> Prepared:
+    """Your own chat / prompt-completion rows; packed training rows if asked (evaluation stays one per row)."""
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    train_rows = encode_rows(train, tokenizer, max_length, bad_rows, "training data") if len(train) else train
+    eval_rows = encode_rows(evaluation, tokenizer, max_length, bad_rows, "evaluation data")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kept = [row for row in evaluation if encode_row(row, tokenizer, max_length)[0] is not None]
+    contexts = [_context_and_answer(row, tokenizer) for row in kept]
+    return Prepared(
+        pack(train_rows, max_length) if packing and len(train) else train_rows,
+        eval_rows,
+        PackedCollator(pad_id) if packing else collator,
+        collator,
+        eval_prompts=[context for context, _ in contexts],
+        eval_answers=[answer for _, answer in contexts],
+    )
+
+
 def prepare(
     kind: TaskKind,
     train: Dataset,
@@ -126,8 +153,15 @@ def prepare(
     max_train_samples: int | None,
     max_eval_samples: int | None,
     chat_template: bool = False,
+    packing: bool = False,
+    bad_rows: str = "error",
 ) -> Prepared:
-    """Tokenised splits and collators; ``chat_template``: SFT prompts through the tokenizer's template if any."""
+    """Tokenised splits and collators; ``chat_template``: SFT prompts through the tokenizer's template if any.
+
+    ``packing`` and ``bad_rows`` apply to your own SFT data (kind ``sft``, data/sft_tokens.py).
+    """
+    if kind == "sft":
+        return _own_sft(train, evaluation, tokenizer, max_length, packing, bad_rows)
     if kind == "classification":
         padding = DataCollatorWithPadding(tokenizer)
         return Prepared(

@@ -11,7 +11,7 @@ from datasets import Dataset
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
 
-TaskKind = Literal["classification", "language_modeling", "generation"]
+TaskKind = Literal["classification", "language_modeling", "generation", "sft"]
 
 
 @dataclass
@@ -19,12 +19,15 @@ class TaskData:
     """Raw splits in standard columns.
 
     classification: ``text`` (+ ``text_pair``), ``label`` (int); language_modeling: ``text``;
-    generation: ``prompt``, ``target``, ``answer`` (the reference final answer).
+    generation: ``prompt``, ``target``, ``answer`` (the reference final answer); sft (your own data):
+    ``prompt``/``completion`` or ``messages``/``trained_from`` (data/sft.py).
     """
 
     train: Dataset
     eval: Dataset
     label_names: list[str] = field(default_factory=list)
+    kind: TaskKind | None = None  # set by tasks whose kind follows the data (your own files): else the spec's
+    data_format: str | None = None  # your own files: the format read (data/sft.py)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def generate(
                 attention_mask=enc["attention_mask"],
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                use_cache=True,  # packed training turns the model's cache off
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )

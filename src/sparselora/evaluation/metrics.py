@@ -39,12 +39,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "regression": tuple(_REGRESSION),
     "language_modeling": ("perplexity",),
     "generation": ("perplexity", "exact_match"),
+    "sft": ("perplexity", "exact_match"),
 }
 DEFAULTS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "f1"),
     "regression": ("pearson", "spearman"),
     "language_modeling": ("perplexity",),
     "generation": ("perplexity", "exact_match"),
+    "sft": ("perplexity",),
 }
 
 

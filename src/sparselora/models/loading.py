@@ -43,9 +43,9 @@ def head_for(task_kind: str, decoder: bool, model_name: str) -> Head:
     """The head a task needs on this model: classification → a classifier; text → the model's own LM head."""
     if task_kind == "classification":
         return "sequence_classification"
-    if task_kind == "generation" and not decoder:
+    if task_kind in ("generation", "sft") and not decoder:
         raise TaskModelMismatchError(
-            f"this task generates text and needs a decoder model; '{model_name}' is an encoder. "
+            f"this task trains on completions and needs a decoder model; '{model_name}' is an encoder. "
             "Use `model: smollm2` or another causal LM."
         )
     return "causal_lm" if decoder else "masked_lm"

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sparselora.config import ConfigError, RunConfig
 from sparselora.data import TaskSpec, get_task
 from sparselora.data.preprocess import Prepared, prepare
+from sparselora.data.registry import TaskKind
 from sparselora.evaluation.metrics import metric_names
 from sparselora.methods import BuildContext, MethodSetup, get_method
 from sparselora.models import (
@@ -34,6 +35,7 @@ class RunInputs:
     source: ModelSource
     tokenizer: PreTrainedTokenizerBase
     task: TaskSpec
+    kind: TaskKind  # the task's, or for your own files what the data holds
     head: Head
     causal: bool
     arch: ArchSpec | None
@@ -71,6 +73,8 @@ class RunInputs:
         model, new_modules = load_model(
             self.source, self.head, self.tokenizer, self.num_labels, self.label_names, **extra
         )
+        if self.config.packing:  # with a cache the forward drops the per-example masks of packed rows
+            model.config.use_cache = False
         if method.prepare_base:
             method.prepare_base(model)
         return model, new_modules
@@ -116,14 +120,14 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
             f"config key 'problem_type': regression needs numeric labels, which task '{config.task}' does not "
             "have; use it with a file task (csv, tsv, jsonl, parquet, arrow) or task: dataset"
         )
-    metrics = metric_names("regression" if regression else task.kind, config.metrics)
-    decoder = is_decoder(model_config)
-    head = head_for(task.kind, decoder, config.model)
     check_max_length(config, model_config)
     tokenizer = load_tokenizer(source)
     raw = task.load(config)
+    kind = raw.kind or task.kind  # your own files: what their columns hold (data/sft.py)
+    metrics = metric_names("regression" if regression else kind, config.metrics)
+    head = head_for(kind, is_decoder(model_config), config.model)
     data = prepare(
-        task.kind,
+        kind,
         raw.train,
         raw.eval,
         tokenizer,
@@ -132,6 +136,8 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples,
         chat_template=config.chat_template,
+        packing=config.packing,
+        bad_rows=config.bad_rows,
     )
     return RunInputs(
         config=config,
@@ -141,7 +147,8 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         head=head,
         causal=head == "causal_lm",
         arch=find_arch(model_config.model_type),
-        num_labels=(1 if regression else len(raw.label_names)) if task.kind == "classification" else None,
+        kind=kind,
+        num_labels=(1 if regression else len(raw.label_names)) if kind == "classification" else None,
         label_names=raw.label_names,
         data=data,
         device=device,
