@@ -43,11 +43,14 @@ _EXPORTS = {
     "BuildContext": "sparselora.methods.registry",
     # models, comparisons, FLOPs
     "resolve_model": "sparselora.models",
+    "register_architecture": "sparselora.models",
+    "ArchSpec": "sparselora.models",
     "run_comparison": "sparselora.compare",
     "load_compare_config": "sparselora.compare",
     "config_flops": "sparselora.flops",
 }
 __all__ = [
+    "ArchSpec",
     "BuildContext",
     "MethodOptions",
     "MethodSetup",
@@ -67,6 +70,7 @@ __all__ = [
     "method_names",
     "read_run",
     "register",
+    "register_architecture",
     "resolve_model",
     "run_comparison",
     "train",
@@ -86,7 +90,7 @@ if TYPE_CHECKING:
         method_names,
         register,
     )
-    from sparselora.models import resolve_model
+    from sparselora.models import ArchSpec, register_architecture, resolve_model
     from sparselora.run_folder.layout import read_run
     from sparselora.sparse.config import SparseLoRAConfig
     from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora

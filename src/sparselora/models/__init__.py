@@ -9,6 +9,7 @@ from sparselora.models.architectures import (
     get_arch,
     iter_projections,
     num_layers,
+    register_architecture,
     target_module_names,
 )
 from sparselora.models.loading import (
@@ -40,6 +41,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "num_layers",
+    "register_architecture",
     "resolve_model",
     "target_module_names",
 ]

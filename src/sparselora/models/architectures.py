@@ -7,6 +7,7 @@ Rather than string-matching in each of them, every family is described once here
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,11 @@ class ArchSpec:
     """How one model family names its transformer blocks and projections.
 
     ``block_pattern`` matches the prefix of one transformer block (group 1 = layer index);
-    ``projections`` maps each role to the module path *relative to that block*.
+    ``projections`` maps each role to the module path *relative to that block*. ``ffn``: ``mlp`` (up →
+    activation → down), ``swiglu`` (gate and up projections), ``fused_swiglu`` (gate and up in one
+    projection, Phi-3) or ``experts`` (a mixture of experts whose weights are not ``nn.Linear``, Mixtral).
+    ``attention``: whose attention forward the family's follows (``bert``, ``llama``: SparseLoRA's reduced
+    heads can run it), ``None`` where that is not known to hold.
     """
 
     family: str
@@ -36,7 +41,8 @@ class ArchSpec:
     kind: Literal["encoder", "decoder"]
     block_pattern: str
     projections: dict[Role, str]
-    ffn: Literal["mlp", "swiglu"]
+    ffn: Literal["mlp", "swiglu", "fused_swiglu", "experts"]
+    attention: Literal["bert", "llama"] | None = None
     activation_attr: str = "hidden_act"
     # GPT-2 stores projections as Conv1D (weight transposed): LoRA needs fan_in_fan_out.
     conv1d: bool = False
@@ -55,17 +61,15 @@ _BERT_LIKE = {
     "up": "intermediate.dense",
     "down": "output.dense",
 }
-_LLAMA_LIKE = {
+_LLAMA_ATTENTION = {
     "q": "self_attn.q_proj",
     "k": "self_attn.k_proj",
     "v": "self_attn.v_proj",
     "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
 }
+_LLAMA_LIKE = {**_LLAMA_ATTENTION, "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
-ARCHITECTURES: tuple[ArchSpec, ...] = (
+ARCHITECTURES: list[ArchSpec] = [
     ArchSpec(
         family="bert",
         model_types=("bert",),
@@ -73,6 +77,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         block_pattern=r"encoder\.layer",
         projections=_BERT_LIKE,
         ffn="mlp",
+        attention="bert",
     ),
     ArchSpec(
         family="roberta",
@@ -81,6 +86,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         block_pattern=r"encoder\.layer",
         projections=_BERT_LIKE,
         ffn="mlp",
+        attention="bert",
     ),
     ArchSpec(
         family="distilbert",
@@ -105,6 +111,52 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         block_pattern=r"layers",
         projections=_LLAMA_LIKE,
         ffn="swiglu",
+        attention="llama",
+    ),
+    ArchSpec(  # GeGLU FFN
+        family="gemma",
+        model_types=("gemma",),
+        kind="decoder",
+        block_pattern=r"layers",
+        projections=_LLAMA_LIKE,
+        ffn="swiglu",
+        attention="llama",
+    ),
+    ArchSpec(  # and logit soft-capping and sliding windows, passed to the attention kernel
+        family="gemma2",
+        model_types=("gemma2",),
+        kind="decoder",
+        block_pattern=r"layers",
+        projections=_LLAMA_LIKE,
+        ffn="swiglu",
+        attention="llama",
+        activation_attr="hidden_activation",
+    ),
+    ArchSpec(  # q_norm/k_norm normalise the whole projection (all heads at once): no reduced heads
+        family="olmo2",
+        model_types=("olmo2",),
+        kind="decoder",
+        block_pattern=r"layers",
+        projections=_LLAMA_LIKE,
+        ffn="swiglu",
+    ),
+    ArchSpec(
+        family="phi3",
+        model_types=("phi3",),
+        kind="decoder",
+        block_pattern=r"layers",
+        projections={"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "down": "mlp.down_proj"},
+        ffn="fused_swiglu",
+        default_lora_roles=("qkv",),
+    ),
+    ArchSpec(
+        family="mixtral",
+        model_types=("mixtral",),
+        kind="decoder",
+        block_pattern=r"layers",
+        projections=dict(_LLAMA_ATTENTION),
+        ffn="experts",
+        attention="llama",
     ),
     ArchSpec(
         family="gpt2",
@@ -117,7 +169,25 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         conv1d=True,
         default_lora_roles=("qkv",),
     ),
-)
+]
+
+
+def register_architecture(spec: ArchSpec, replace: bool = False) -> ArchSpec:
+    """Add a model family to the map, so LoRA targets, FLOPs, LayerLens and SparseLoRA find its projections.
+
+    A model type already mapped is refused unless ``replace`` (then the new spec wins for it).
+    """
+    taken = [t for t in spec.model_types if find_arch(t) is not None]
+    if taken and not replace:
+        raise ValueError(f"model type(s) {taken} are already in the architecture map; pass replace=True to override")
+    if replace:
+        ARCHITECTURES[:] = [
+            dataclasses.replace(old, model_types=rest)
+            for old in ARCHITECTURES
+            if (rest := tuple(t for t in old.model_types if t not in spec.model_types))
+        ]
+    ARCHITECTURES.insert(0, spec)
+    return spec
 
 
 def supported_model_types() -> list[str]:
@@ -134,8 +204,8 @@ def get_arch(model_type: str) -> ArchSpec:
         raise UnknownArchitectureError(
             f"model_type '{model_type}' has no entry in the architecture map "
             f"(supported: {', '.join(supported_model_types())}). Set `target_modules` in the "
-            "config to name the LoRA target modules yourself, or add an ArchSpec to "
-            "sparselora/models/architectures.py."
+            "config to name the LoRA target modules yourself, or describe the family with "
+            "sparselora.register_architecture(ArchSpec(...)) (docs/sparselora.md, 'A new architecture')."
         )
     return spec
 

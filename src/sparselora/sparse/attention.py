@@ -41,6 +41,16 @@ from sparselora.sparse.svd import LowRank
 from sparselora.sparse.tokens import TokenSplit
 
 
+def _kernel_arguments(module: nn.Module) -> dict:
+    """The family's own attention-kernel arguments, as its dense forward passes them: Gemma 2's logit
+    soft-capping and per-layer sliding window (the module's), Mistral's and Mixtral's window (the config's)."""
+    window = (
+        module.sliding_window if hasattr(module, "sliding_window") else getattr(module.config, "sliding_window", None)
+    )
+    arguments = {"sliding_window": window, "softcap": getattr(module, "attn_logit_softcapping", None)}
+    return {key: value for key, value in arguments.items() if value is not None}
+
+
 @dataclass
 class HeadSelection:
     """Kept channels of one batch: per key/value head for Q/K and for V, and the weight rows/columns."""
@@ -221,6 +231,7 @@ class SparseAttention:
             attention_mask,
             dropout=self._dropout_p if module.training else 0.0,
             scaling=module.scaling,
+            **self._family_kwargs,
             **kwargs,
         )
         out = out.reshape(batch, seq, -1)
@@ -234,6 +245,7 @@ class SparseAttention:
         self.qk_norm = hasattr(self.module, "q_norm") and hasattr(self.module, "k_norm")
         eager = sys.modules[type(self.module).__module__].eager_attention_forward
         self._attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager)
+        self._family_kwargs = _kernel_arguments(self.module)
         dropout = getattr(self.module, "attention_dropout", None)  # LLaMA: a float; BERT: an nn.Dropout
         self._dropout_p = dropout if dropout is not None else self.module.dropout.p
         dense_attention = type(self.module).forward.__get__(self.module)

@@ -229,9 +229,34 @@ class UnsupportedModelError(ValueError):
     """The architecture is in the map, but this part of SparseLoRA is not implemented for it."""
 
 
-# What SparseLoRA claims: FFN sparsity for every mapped family without Conv1D projections, attention sparsity
-# for these. tests/sparse/test_exactness.py holds each claim to "keeping every channel is dense LoRA".
-ATTENTION_FAMILIES = ("bert", "roberta", "llama")
+# What SparseLoRA claims: FFN sparsity for every mapped family with separate up (and gate) projections and no
+# Conv1D, attention sparsity where the map names the attention forward the family follows (ArchSpec.attention).
+# tests/sparse/test_exactness.py holds each claim to "keeping every channel is dense LoRA".
+FFN_REFUSED = {
+    "fused_swiglu": "its FFN computes gate and up in one projection (gate_up_proj), whose rows SparseLoRA "
+    "does not split",
+    "experts": "its FFN is a mixture of experts whose weights are 3-D tensors, not per-expert linear layers",
+}
+
+
+def check_supported(spec: ArchSpec, ffn_sparse: bool, attention_sparse: bool, sparse_pass: str) -> None:
+    """Refuse, with the reason and the key to change, what SparseLoRA cannot run on this family."""
+    if spec.conv1d:
+        raise UnsupportedModelError(
+            f"SparseLoRA does not support {spec.family} (Conv1D projections); use method lora on this model"
+        )
+    if ffn_sparse and spec.ffn in FFN_REFUSED:
+        raise UnsupportedModelError(
+            f"FFN sparsity does not apply to {spec.family}: {FFN_REFUSED[spec.ffn]}; set ffn_sparsity: 0 "
+            "(and layer_sparsity without mlp entries), or use method lora"
+        )
+    qkv_separate = all(role in spec.projections for role in ("q", "k", "v"))
+    forward_attention = sparse_pass != "backward" and spec.attention is None
+    if attention_sparse and (forward_attention or not qkv_separate):
+        raise UnsupportedModelError(
+            f"attention sparsity is implemented for BERT-like and LLaMA-like attention with separate q/k/v "
+            f"projections, not {spec.family}; set attn_sparsity: 0"
+        )
 
 
 def _model_config(model: nn.Module) -> PretrainedConfig:
@@ -248,13 +273,10 @@ def apply_sparselora(
         )
     base_config = _model_config(model)
     spec = get_arch(base_config.model_type)
-    if spec.conv1d:
-        raise UnsupportedModelError(
-            f"SparseLoRA does not support {spec.family} (Conv1D projections); use method lora on this model"
-        )
     layers_count = num_layers(model, spec)
     ffn_sparsity = layer_schedule(config, layers_count, "mlp")
     attn_sparsity = layer_schedule(config, layers_count, "attn")
+    check_supported(spec, any(ffn_sparsity), any(attn_sparsity), config.sparse_pass)
     if config.sparse_pass == "backward":
         return _attach(_backward_engine(model, spec, config, layers_count, ffn_sparsity, attn_sparsity), model)
     name = model_name or base_config.name_or_path or base_config.model_type
@@ -270,6 +292,7 @@ def apply_sparselora(
         ffn=[
             _ffn_block(modules, names[i], spec, base_config, factors, i, ffn_sparsity[i], config)
             for i in range(layers_count)
+            if spec.ffn not in FFN_REFUSED
         ],
         attention=[
             _attention_block(modules, names[i], spec, base_config, factors, i, attn_sparsity[i], config)
@@ -310,6 +333,7 @@ def _backward_engine(model, spec: ArchSpec, config: SparseLoRAConfig, layers_cou
             activation=activation_of(_model_config(model), spec.activation_attr),
         )
         for i in range(layers_count)
+        if spec.ffn not in FFN_REFUSED
     ]
     attention = [
         BackwardSparseAttention(i, *(modules[names[i][role]] for role in ("q", "k", "v")), sparsity=attn_sparsity[i])
@@ -344,11 +368,6 @@ def _ffn_block(modules, names, spec: ArchSpec, base_config, factors: dict[str, L
 
 
 def _attention_block(modules, names, spec: ArchSpec, base_config, factors, layer, sparsity, config):
-    if spec.family not in ATTENTION_FAMILIES:
-        raise UnsupportedModelError(
-            f"attention sparsity is implemented for BERT/RoBERTa and LLaMA-family models, not {spec.family}; "
-            "set attn_sparsity: 0"
-        )
     heads = base_config.num_attention_heads
     return SparseAttention(
         layer=layer,
