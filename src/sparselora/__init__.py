@@ -16,9 +16,19 @@ Names resolve on first use, so ``import sparselora`` stays cheap (torch loads wi
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+def _drop_optional_kernel_notice(record: logging.LogRecord) -> bool:
+    """bitsandbytes (imported by PEFT whenever installed) logs at import that an optional CPU kernel package is
+    missing, then falls back by itself: that line says nothing about a run, so it is dropped, nothing else."""
+    return "gemm_4bit_forward from kernels-community" not in str(record.msg)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kernel_notice)
 
 _EXPORTS = {
     # configs and runs

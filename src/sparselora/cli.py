@@ -581,8 +581,6 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # bitsandbytes warns at import that an optional CPU kernel package is missing; it falls back by itself.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Fresh heads are reported in the run's model card; transformers' per-load report is noise here.
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

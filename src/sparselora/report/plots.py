@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+
+try:
+    import matplotlib
+except ImportError:  # pragma: no cover - exercised with the module blocked
+    raise ImportError(
+        "plots (compare, report, lens, the study) need matplotlib: pip install 'sparselora[plots]'"
+    ) from None
 
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt
