@@ -13,7 +13,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparselora.evaluation.metrics import MetricName
 from sparselora.files.paths import check_folder_name
@@ -149,6 +149,12 @@ class RunConfig(BaseModel):
         description="Also evaluate the eval split's loss every N steps during training (train_log.jsonl, "
         "report_to trackers); the final evaluation runs either way.",
     )
+    early_stopping_patience: int | None = Field(
+        None,
+        gt=0,
+        description="Stop when eval_loss (measured every eval_steps) has not improved for this many evaluations "
+        "(transformers' EarlyStoppingCallback); needs eval_steps. The run keeps the weights of the step it stopped at.",
+    )
     metrics: list[MetricName] | None = Field(
         None,
         description="Task metrics to report besides eval_loss: accuracy, f1, f1_macro, matthews_correlation "
@@ -181,6 +187,15 @@ class RunConfig(BaseModel):
     @classmethod
     def _passed_through_args(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_training_args(value)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluations(self) -> RunConfig:
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError(
+                "early_stopping_patience needs evaluations during training to compare: set eval_steps too "
+                "(e.g. eval_steps: 50)"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -304,3 +304,17 @@ def test_a_full_disk_is_named_and_the_run_marked_failed(tiny_bert_dir, shared_da
     assert code == 2
     assert f"No space left on device: '{tmp_path}/.full.partial/README.md'" in text and "Free some disk space" in text
     assert json.loads((tmp_path / ".full.partial" / "status.json").read_text())["state"] == "failed"
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(tiny_bert_dir, data_env, tmp_path):
+    # a learning rate this high makes the eval loss rise after the first evaluations
+    keys = tiny_run(tiny_bert_dir, tmp_path, max_steps=40, eval_steps=2, early_stopping_patience=1, learning_rate=0.5)
+    run = train(build_config(keys))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["stopped_early"] is True and metrics["train"]["steps"] < 40
+    assert metrics["train"]["best_eval_loss"] is not None
+
+
+def test_early_stopping_without_eval_steps_names_the_key():
+    with pytest.raises(Exception, match="set eval_steps too"):
+        build_config({"early_stopping_patience": 2})

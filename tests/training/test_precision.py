@@ -128,9 +128,19 @@ def test_a_run_with_gradient_checkpointing_and_eval_steps(tiny_llama_dir, data_e
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "eval_loss" in entry] == [2, 4]
     assert [entry["step"] for entry in log if "loss" in entry] == [2, 4]
-    assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file in the run folder"
+    events = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file in the run folder"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event_file in events:
+        tags |= set(EventAccumulator(str(event_file)).Reload().Tags()["scalars"])
+    # the realised sparsity, its phase and the selection's share per logged step; the final evaluation too
+    assert {"train/sparselora/ffn_kept_fraction", "train/sparselora/sparse_step"} <= tags, tags
+    assert {"train/sparselora/selection_share", "train/final/eval_loss", "train/final/perplexity"} <= tags, tags
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["gradient_checkpointing"] is True
+    assert metrics["method"]["selection_seconds"] > 0
     assert (
         f"Optimiser: `{metrics['train']['optim']}`, precision fp32, gradient checkpointing"
         in (run / "README.md").read_text()

@@ -253,7 +253,10 @@ class SparseAttention:
 
         def choose(_module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            self.selection = self.select(x) if engine.sparse_now(self.sparsity, self.module.training) else None
+            self.selection = None
+            if engine.sparse_now(self.sparsity, self.module.training):
+                with engine.timing_selection():
+                    self.selection = self.select(x)
             self.split = self._split_for(x, engine) if self.selection is not None else None
 
         def attention_forward(*args, **kwargs):

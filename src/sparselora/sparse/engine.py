@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -52,6 +55,7 @@ class SparseLoRAEngine:
     driven_by_callback: bool = False  # the callback (begin_step) sets the step; otherwise training forwards count
     forwards_counted: int = 0
     realised: list[tuple[float, float]] = field(default_factory=list)  # per step: FFN and attention kept shares
+    selection_seconds: float = 0.0  # host time spent choosing channels (the estimator), all steps so far
     _model_hook: object = None
     _model: nn.Module | None = None
     _first_token: TokenSplit | None = None
@@ -146,6 +150,13 @@ class SparseLoRAEngine:
         self.driven_by_callback = True
         return SparseLoRACallback(self)
 
+    @contextmanager
+    def timing_selection(self) -> Iterator[None]:
+        """Adds the host time of one channel selection to ``selection_seconds`` (on a GPU: launch time only)."""
+        start = time.perf_counter()
+        yield
+        self.selection_seconds += time.perf_counter() - start
+
     def kept_fraction(self) -> float:
         """Share of FFN channels the current training step computes, averaged over layers: 1.0 on a dense step
         (calibration, warm-up, cool-down, or the engine disabled)."""
@@ -189,6 +200,7 @@ class SparseLoRAEngine:
             "svd_rank": self.config.svd_rank,
             "predictor": self.config.predictor,
             "mean_compensation": self.config.mean_compensation,
+            "selection_seconds": self.selection_seconds,
             "svd_build_seconds": self.svd_stats.get("seconds", 0.0),
             "svd_cache_megabytes": self.svd_stats.get("megabytes", 0.0),
         }
@@ -199,19 +211,28 @@ class SparseLoRACallback(TrainerCallback):
 
     def __init__(self, engine: SparseLoRAEngine):
         self.engine = engine
+        self._since = (time.perf_counter(), 0.0)  # wall clock and selection seconds at the last log
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.engine.begin_step(state.global_step, state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """The step's realised sparsity next to its loss, for the trackers (TensorBoard, W&B) and the log:
-        callbacks after this one see it (sparselora's own runs put this callback first)."""
+        """The step's realised sparsity, phase and the selection's share of the time since the last log, next to
+        its loss, for the trackers (TensorBoard, W&B) and the log: callbacks after this one see it (sparselora's
+        own runs put this callback first)."""
         if logs is None or "loss" not in logs:
             return
+        engine = self.engine
+        now, selected = time.perf_counter(), engine.selection_seconds
+        wall = now - self._since[0]
+        ffn, attention = engine.kept_fraction(), engine.attention_kept_fraction()
         values = {
-            "sparselora/ffn_kept_fraction": self.engine.kept_fraction(),
-            "sparselora/attn_kept_fraction": self.engine.attention_kept_fraction(),
+            "sparselora/ffn_kept_fraction": ffn,
+            "sparselora/attn_kept_fraction": attention,
+            "sparselora/sparse_step": float(ffn < 1.0 or attention < 1.0),
+            "sparselora/selection_share": (selected - self._since[1]) / wall if wall > 0 else 0.0,
         }
+        self._since = (now, selected)
         logs.update(values)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)

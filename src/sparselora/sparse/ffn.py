@@ -200,7 +200,10 @@ class SparseFFN:
 
         def choose(_module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            self.keep = self.select(x) if engine.sparse_now(self.sparsity, self.block.training) else None
+            self.keep = None
+            if engine.sparse_now(self.sparsity, self.block.training):
+                with engine.timing_selection():
+                    self.keep = self.select(x)
 
         def observe_dense(_module, args):
             """Statistics of dense training forwards: outlier calibration, running means."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from sparselora.config import ConfigError, RunConfig
 from sparselora.evaluation.loop import EvalResult, evaluate
@@ -79,6 +79,9 @@ def training_arguments(config: RunConfig, checkpoints: str, distributed: bool) -
         "save_total_limit": 2,  # the newest may be cut short by a kill; the one before is then complete
         "eval_strategy": "steps" if config.eval_steps else "no",
         "eval_steps": config.eval_steps,
+        # early stopping compares eval_loss (lower is better); the weights stay those of the last step
+        "metric_for_best_model": "eval_loss" if config.early_stopping_patience else None,
+        "greater_is_better": False if config.early_stopping_patience else None,
         "report_to": "none",
         "seed": config.seed,
         "data_seed": config.seed,
@@ -163,6 +166,8 @@ def assemble_metrics(
             "gradient_checkpointing": config.gradient_checkpointing,
             "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
             "final_logged_loss": losses[-1] if losses else None,
+            "stopped_early": bool(config.early_stopping_patience) and state.global_step < state.max_steps,
+            "best_eval_loss": state.best_metric,
             "wall_time_s": wall_s,
             "median_step_ms": timer.median_step_ms(),
             "timing_warmup_steps": config.timing_warmup_steps,
@@ -318,7 +323,7 @@ def _train_method(
             # eval_steps: the eval split's loss during training (masked LM: masks drawn as in training)
             eval_dataset=inputs.data.eval if config.eval_steps else None,
             data_collator=inputs.data.train_collator,
-            callbacks=[timer, *setup.callbacks, guard],
+            callbacks=[timer, *setup.callbacks, guard, *_early_stopping(config)],
         )
     _run_first(trainer, setup.callbacks)
     with PeakMemory(args.device) as memory:
@@ -332,6 +337,7 @@ def _train_method(
 
     model = trainer.model
     eval_result = run_evaluation(model, inputs)
+    trainer.log({f"final/{name}": value for name, value in eval_result.metrics.items()})  # to the trackers too
     method_report = setup.report() if setup.report else {}
     metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s, method_report)
     metrics["train"]["resumed_from_step"] = resumed_from_step
@@ -351,6 +357,12 @@ def _train_method(
 
         logger.info("uploaded to %s", push_run(final_dir, config.hub_model_id, private=config.hub_private))
     return final_dir
+
+
+def _early_stopping(config: RunConfig) -> list[TrainerCallback]:
+    if config.early_stopping_patience is None:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
 
 
 def _run_first(trainer: Trainer, callbacks: list[TrainerCallback]) -> None:
