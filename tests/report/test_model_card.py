@@ -41,7 +41,11 @@ def test_the_hub_reads_the_cards_metadata_and_results(tiny_bert_dir, data_env, t
     run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, max_steps=1)))
     card = ModelCard.load(run / "README.md")
     metrics = json.loads((run / "metrics.json").read_text())["task_metrics"]
-    assert card.data.base_model == str(tiny_bert_dir) and card.data.library_name == "peft"
+    # a local folder with no Hub origin gets no base_model (the Hub rejects a path)
+    assert card.data.base_model is None and card.data.library_name == "peft"
+    text = (run / "README.md").read_text()
+    assert "Epochs 0.25 (1 steps)" in text  # as trained: 1 step of 4 per epoch, not the configured 1
+    assert "the first 48 examples only (max_eval_samples)" in text
     assert card.data.datasets == ["nyu-mll/glue"] and card.data.pipeline_tag == "text-classification"
     results = {result.metric_type: result for result in card.data.eval_results}
     assert set(results) == {"accuracy", "f1", "loss"}
@@ -69,4 +73,18 @@ def test_a_file_task_names_no_hub_dataset(tiny_bert_dir, tmp_path):
     run = train(build_config(keys | {"eval_file": str(tmp_path / "train.tsv")}))
     card = ModelCard.load(run / "README.md")
     assert card.data.datasets is None and "custom" not in card.content
-    assert card.data.eval_results[0].dataset_split == "eval_file"
+    assert card.data.eval_results[0].dataset_split == "train.tsv"  # the evaluation file, by name
+
+
+def test_the_base_model_is_a_hub_id_or_nothing(tmp_path):
+    from sparselora.models import ModelSource
+    from sparselora.report.model_card import card_base_model
+
+    folder = tmp_path / "copied"
+    folder.mkdir()
+    assert card_base_model(ModelSource(name="minilm", path="anything")) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card_base_model(ModelSource(name="org/model", path="org/model")) == "org/model"
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-0.5B"}))
+    assert card_base_model(ModelSource(name=str(folder), path=str(folder))) == "Qwen/Qwen2.5-0.5B"
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": str(folder)}))
+    assert card_base_model(ModelSource(name=str(folder), path=str(folder))) is None

@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from sparselora.files.atomic import atomic_write_text
 from sparselora.methods import MethodSpec, get_method
 from sparselora.models import ModelSource, hub_id
+from sparselora.models.loading import ALIAS_HUB_IDS
 
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
@@ -58,20 +59,43 @@ def base_card_metadata(source: ModelSource) -> dict[str, Any]:
     return KNOWN_BASE_CARDS.get(hub_id(source), {})
 
 
+def card_base_model(source: ModelSource) -> str | None:
+    """The base model's Hub id for ``base_model:`` (the Hub rejects a local path): an alias's id, a Hub id as
+    given, or what a local folder's config names as its origin when that is a Hub id; else None."""
+    if source.name in ALIAS_HUB_IDS or not Path(source.name).exists():
+        return hub_id(source)
+    config_file = Path(source.path) / "config.json"
+    origin = json.loads(config_file.read_text()).get("_name_or_path", "") if config_file.is_file() else ""
+    return origin if _looks_like_hub_id(origin) else None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def eval_split_name(config: RunConfig, inputs: RunInputs) -> str:
+    """The split evaluated, as a reader names it: the dataset's split, or the evaluation file's name."""
+    if config.task == "dataset":
+        return config.eval_split
+    if inputs.task.dataset_id is None:
+        return Path(config.eval_file).name if config.eval_file else "eval_file"
+    return inputs.task.eval_split
+
+
 def card_data(config: RunConfig, inputs: RunInputs, metrics: dict, is_adapter: bool) -> ModelCardData:
     """The Hub metadata: base model, licence, dataset ids, and every task metric as a ``model-index`` result."""
-    base = hub_id(inputs.source)
+    base = card_base_model(inputs.source)
     task = inputs.task
     dataset_id = task.dataset_id or (config.dataset if config.dataset and not Path(config.dataset).exists() else None)
     dataset_config = task.dataset_config or (config.dataset_config if dataset_id else None)
-    adapter_tags = ["lora", f"base_model:adapter:{base}"] if is_adapter else []
+    adapter_tags = ["lora", *([f"base_model:adapter:{base}"] if base else [])] if is_adapter else []
     results = [
         EvalResult(
             task_type=_PIPELINE_TAGS[inputs.head],
             dataset_type=dataset_id or config.task,
             dataset_name=dataset_id or Path(config.eval_file or config.dataset or "eval").name,
             dataset_config=dataset_config,
-            dataset_split=(config.eval_split if config.dataset else task.eval_split) if dataset_id else "eval_file",
+            dataset_split=eval_split_name(config, inputs),
             metric_type="loss" if name == "eval_loss" else name,
             metric_value=value,
         )
@@ -130,9 +154,19 @@ def _labels_section(inputs: RunInputs) -> list[str]:
 
 def dataset_description(config: RunConfig, inputs: RunInputs) -> str:
     task = inputs.task
+    if config.task == "dataset":
+        named = f"`{config.dataset}`" + (f" / `{config.dataset_config}`" if config.dataset_config else "")
+        return f"{named}, split `{config.train_split}`"
     if task.dataset_id is None:
         return f"`{config.train_file}`"
     return f"`{task.dataset_id}`" + (f" / `{task.dataset_config}`" if task.dataset_config else "")
+
+
+def _evaluated(config: RunConfig, examples: int) -> str:
+    """How many examples were evaluated, saying so when they are a subset (``max_eval_samples``)."""
+    if config.max_eval_samples is not None and examples >= config.max_eval_samples:
+        return f"the first {examples:,} examples only (max_eval_samples)"
+    return f"{examples:,} examples"
 
 
 def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metrics: dict) -> None:
@@ -155,14 +189,15 @@ def write_model_card(run_dir: Path, config: RunConfig, inputs: RunInputs, metric
         f"- Base model: `{base}` (loaded from `{config.model}`), head: {inputs.head.replace('_', ' ')}",
         f"- Method: `{config.method}`"
         + (f" with {', '.join(f'`{k}={v}`' for k, v in options.items())}" if options else ""),
-        f"- Epochs {config.epochs:g} ({train['steps']} steps), batch size {config.batch_size}, "
+        f"- Epochs {train.get('epochs') or config.epochs:.3g} ({train['steps']} steps), "
+        f"batch size {config.batch_size}, "
         f"learning rate {config.learning_rate:g} ({config.lr_scheduler}), weight decay {config.weight_decay:g}, "
         f"warm-up {config.warmup_steps or config.warmup_ratio}, max length {config.max_length}, seed {config.seed}",
         f"- Optimiser: `{train.get('optim', 'adamw_torch')}`, precision {train.get('precision', 'fp32')}"
         + (", gradient checkpointing" if config.gradient_checkpointing else ""),
         "",
         *(_adapter_section(run_dir, spec) if is_adapter else []),
-        f"## Results ({inputs.task.eval_split} split, {inference['eval_examples']:,} examples)",
+        f"## Results ({eval_split_name(config, inputs)}, {_evaluated(config, inference['eval_examples'])})",
         "",
         "| metric | value |",
         "|---|---|",
