@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, pipeline
 
@@ -55,3 +56,18 @@ def test_export_never_touches_a_users_folder_beside_its_output(tiny_bert_dir, da
     assert (mine / "notes.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert (tmp_path / "merged" / "config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]
+
+
+def test_export_casts_writes_a_card_and_reads_no_dataset(tiny_bert_dir, data_env, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    run = train(build_config(tiny_run(tiny_bert_dir, tmp_path / "runs", max_steps=2)))
+    monkeypatch.setenv("SPARSELORA_DATA_DIR", str(tmp_path / "no-data-here"))  # a dataset load would fail
+    assert main(["export", str(run), "--merge", str(tmp_path / "merged"), "--dtype", "bf16"]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert merged.config.dtype == torch.bfloat16
+    card = ModelCard.load(tmp_path / "merged" / "README.md")
+    assert card.data.library_name == "transformers" and "merged" in card.data.tags
+    assert "accuracy" in card.content and "saved in bf16" in card.content
+    assert main(["export", str(run), "--merge", str(tmp_path / "other"), "--dtype", "int3"]) == 2
+    assert not (tmp_path / "other").exists()

@@ -198,11 +198,14 @@ def export(
     merge: Annotated[
         Path, typer.Option("--merge", help="New folder for the adapter merged into its base (a plain model).")
     ],
+    dtype: Annotated[
+        str, typer.Option(help="Weights of the merged model: fp32, bf16 or fp16 (merged in fp32).")
+    ] = "fp32",
 ) -> None:
     """Merge a run's adapter into its base model: a transformers folder that from_pretrained and pipeline() load."""
     from sparselora.export import merge_run
 
-    out = merge_run(run_dir, merge)
+    out = merge_run(run_dir, merge, dtype)
     console.print(f"merged model written to {out} (load with AutoModelFor….from_pretrained or pipeline())")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +60,22 @@ def check_saved_weights(run_dir: Path) -> None:
 def load_trained(run_dir: Path, inputs: RunInputs) -> PreTrainedModel:
     """The model a run saved: base + PEFT adapter, or the full fine-tuned weights (safetensors only)."""
     check_saved_weights(run_dir)
-    try:
+    with weights_that_fit(run_dir, inputs.config.model):
         if (run_dir / "adapter_config.json").is_file():
             base, _ = inputs.load_base_model()
             return PeftModel.from_pretrained(base, run_dir)
         return HEAD_CLASSES[inputs.head].from_pretrained(run_dir, use_safetensors=True)
+
+
+@contextmanager
+def weights_that_fit(run_dir: Path, model_name: str) -> Iterator[None]:
+    """Loading a run's weights into its base: a mismatch becomes one error naming the folder and the model."""
+    try:
+        yield
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeRunFolderError(
-            f"the weights in '{run_dir}' do not fit model '{inputs.config.model}' ({first_line}). "
+            f"the weights in '{run_dir}' do not fit model '{model_name}' ({first_line}). "
             "Was the folder trained from another model, or its files replaced?"
         ) from err
 
