@@ -1,13 +1,13 @@
 """QLoRA, HiRA and AdaLoRA: PEFT's implementations wired into runs that train, save and reload."""
 
 import json
+import re
 import sys
 
 import pytest
 
 from sparselora.config import build_config
 from sparselora.evaluation.rerun import evaluate_run
-from sparselora.methods import qlora as qlora_module
 from sparselora.methods.hira import MissingHiraError, hira_config_class
 from sparselora.methods.qlora import MissingBitsAndBytesError, QLoraOptions, quantization_kwargs
 from sparselora.training.loop import train
@@ -44,8 +44,8 @@ def test_qlora_evaluates_with_the_kernel_it_trains_with(tiny_bert_dir, data_env,
 
 
 def test_qlora_without_bitsandbytes_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(qlora_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(MissingBitsAndBytesError, match="pip install bitsandbytes"):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(MissingBitsAndBytesError, match=re.escape("pip install 'sparselora[qlora]'")):
         quantization_kwargs(QLoraOptions())
 
 

@@ -7,7 +7,9 @@
 - **text**: a ``text`` column, language modelling on every token.
 
 ``data_format: auto`` picks by columns, in this order: the label column → classification (data/files.py),
-a column of conversations → messages, prompt + completion columns → prompt_completion, the text column → text.
+a column of conversations → messages, prompt + completion columns → prompt_completion, the text column alone →
+text (beside other columns it is read as classification, whose error names the label column; set
+``data_format: text`` to train a language model on it).
 Rows are checked here (roles, empty turns); a prompt longer than ``max_length`` is found when tokenising.
 ``bad_rows: skip`` counts and skips the rows that fail instead of stopping at the first.
 """
@@ -57,8 +59,8 @@ def detect_format(config, split: Dataset, where: str) -> DataFormat:
         return "messages"
     if config.prompt_column in columns and config.completion_column in columns:
         return "prompt_completion"
-    if config.text_column in columns:
-        return "text"
+    if config.text_column in columns:  # text alone; beside other columns they may be misnamed labels
+        return "text" if columns == [config.text_column] else "classification"
     raise DataFileError(
         f"{where}: cannot tell the data's format from its columns ({', '.join(columns)}). A label column "
         f"('{config.label_column}') means classification; a column of chat turns ('{config.messages_column}') "
