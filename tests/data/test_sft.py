@@ -25,7 +25,7 @@ CHATS = [
     {"messages": [{"role": "user", "content": "two plus two"}, {"role": "assistant", "content": "it is 4"}]},
     {
         "messages": [
-            {"role": "system", "content": "be brief"},
+            {"role": "system", "content": "answer in one word"},
             {"role": "user", "content": "name a colour"},
             {"role": "assistant", "content": "red"},
             {"role": "user", "content": "another"},

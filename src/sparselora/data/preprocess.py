@@ -17,7 +17,7 @@ from transformers import (
 
 from sparselora.data.gsm8k import final_answer
 from sparselora.data.registry import TaskKind, first_n
-from sparselora.data.sft_tokens import PackedCollator, encode_row, encode_rows, pack, row_segments
+from sparselora.data.sft_tokens import PackedCollator, encode_rows, pack, row_segments
 
 # Evaluation masks must not change between `train` and `eval`: fixed seed for the MLM eval collator.
 MLM_EVAL_SEED = 1234
@@ -127,10 +127,9 @@ def _context_and_answer(row: dict, tokenizer) -> tuple[str, str | None]:
 def _own_sft(train: Dataset, evaluation: Dataset, tokenizer, max_length: int, packing: bool, bad_rows: str) -> Prepared:
     """Your own chat / prompt-completion rows; packed training rows if asked (evaluation stays one per row)."""
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    train_rows = encode_rows(train, tokenizer, max_length, bad_rows, "training data") if len(train) else train
-    eval_rows = encode_rows(evaluation, tokenizer, max_length, bad_rows, "evaluation data")
+    train_rows = encode_rows(train, tokenizer, max_length, bad_rows, "training data")[0] if len(train) else train
+    eval_rows, kept = encode_rows(evaluation, tokenizer, max_length, bad_rows, "evaluation data")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kept = [row for row in evaluation if encode_row(row, tokenizer, max_length)[0] is not None]
     contexts = [_context_and_answer(row, tokenizer) for row in kept]
     return Prepared(
         pack(train_rows, max_length) if packing and len(train) else train_rows,

@@ -77,13 +77,15 @@ def encode_row(row: dict, tokenizer, max_length: int) -> tuple[dict | None, str 
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}, None
 
 
-def encode_rows(ds: Dataset, tokenizer, max_length: int, bad_rows: str, where: str) -> Dataset:
-    """Every row encoded; a row that leaves nothing to train stops the run or is skipped (``bad_rows``)."""
-    encoded, skipped = [], 0
+def encode_rows(ds: Dataset, tokenizer, max_length: int, bad_rows: str, where: str) -> tuple[Dataset, list[dict]]:
+    """Every row encoded, and the source rows kept; a row that leaves nothing to train stops the run or is
+    skipped (``bad_rows``)."""
+    encoded, kept, skipped = [], [], 0
     for row in ds:
         example, problem = encode_row(row, tokenizer, max_length)
         if example is not None:
             encoded.append(example | {"attention_mask": [1] * len(example["input_ids"])})
+            kept.append(row)
             continue
         if bad_rows == "error":
             raise DataFileError(
@@ -95,7 +97,7 @@ def encode_rows(ds: Dataset, tokenizer, max_length: int, bad_rows: str, where: s
         logger.warning("%s: skipped %d rows longer than max_length (bad_rows: skip)", where, skipped)
     if not encoded:
         raise DataFileError(f"{where}: no row fits max_length {max_length} ({skipped} skipped)")
-    return Dataset.from_list(encoded)
+    return Dataset.from_list(encoded), kept
 
 
 def pack(ds: Dataset, max_length: int) -> Dataset:
@@ -124,18 +126,11 @@ class PackedCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
-
-        def padded(key: str, value: int | None) -> torch.Tensor:
-            return torch.tensor(
-                [
-                    row[key]
-                    + ([value] * (width - len(row[key])) if value is not None else list(range(width - len(row[key]))))
-                    for row in rows
-                ]
-            )
-
+        gaps = [width - len(row["input_ids"]) for row in rows]
         return {
-            "input_ids": padded("input_ids", self.pad_token_id),
-            "labels": padded("labels", -100),
-            "position_ids": padded("position_ids", None),
+            "input_ids": torch.tensor(
+                [r["input_ids"] + [self.pad_token_id] * g for r, g in zip(rows, gaps, strict=True)]
+            ),
+            "labels": torch.tensor([r["labels"] + [-100] * g for r, g in zip(rows, gaps, strict=True)]),
+            "position_ids": torch.tensor([r["position_ids"] + list(range(g)) for r, g in zip(rows, gaps, strict=True)]),
         }
