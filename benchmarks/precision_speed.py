@@ -44,7 +44,8 @@ def timed_step(model, optimizer, batch: dict, inputs) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a sparselora run config")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
@@ -52,6 +53,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/precision_speed.json"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     contenders = {precision: build(args.config, args.set, precision) for precision in args.precisions}

@@ -126,7 +126,8 @@ def _sizes(model) -> dict[str, int]:
     return {"hidden": config.hidden_size, "intermediate": config.intermediate_size, "kv": kv_heads * head_dim}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a sparselora run config (model, task, LoRA targets)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
@@ -140,6 +141,11 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--rss-steps", type=int, default=3, help="steps of each peak-RSS process (0: none)")
     parser.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     common = [

@@ -172,7 +172,8 @@ def markdown(points: list[dict]) -> str:
     return table(header, rows)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results_dir", type=Path, help="a comparison's output_dir")
     parser.add_argument(
@@ -188,6 +189,11 @@ def main() -> None:
     parser.add_argument("--target-speedup", type=float, default=1.3)
     parser.add_argument("--target-delta", type=float, default=0.5, help="accuracy target, pt below the reference")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/sparselora_frontier"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     frame = collect(args.results_dir)

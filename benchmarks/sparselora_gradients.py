@@ -60,7 +60,8 @@ def _warm_up(model: torch.nn.Module, batches: list[dict], lr: float) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="A sparselora run config (model, task, LoRA keys).")
     parser.add_argument("--set", action="append", default=[], help="Override a config key (repeatable).")
@@ -73,6 +74,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="Real training batches to average over.")
     parser.add_argument("--warm-steps", type=int, default=50, help="Dense LoRA steps before measuring.")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/gradients.json"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     config = load_config(args.config, [*args.set, "progress=false"])

@@ -318,7 +318,8 @@ def profile(case: Case, device: torch.device, steps: int) -> dict:
     return report
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/sst2_sparselora.yaml", help="a sparselora run config")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
@@ -342,6 +343,11 @@ def main() -> None:
     parser.add_argument("--estimator-steps", type=int, default=3, help="extra sparse steps timing the estimator")
     parser.add_argument("--profile", type=int, default=0, help="also profile this many steps of each (torch.profiler)")
     parser.add_argument("--out", default="runs/benchmarks/sparselora_speed.json")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if not 0 < args.output_fraction <= 1:
         parser.error(f"--output-fraction must be in (0, 1], got {args.output_fraction}")

@@ -61,12 +61,18 @@ def _losses(model, batches, inputs) -> list[float]:
         return [float(model(**batch, use_cache=False).loss) for batch in batches]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command blocks are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a comparison YAML (with --method) or a run YAML")
     parser.add_argument("--method", help="the comparison's method label whose config to use")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
 
     config = _run_config(args.config, args.method)

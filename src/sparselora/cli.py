@@ -128,7 +128,7 @@ def print_run_summary(run_dir: Path) -> None:
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML run config (omit to use the defaults).")] = None,
-    set_: SetOption = None,
+    overrides: SetOption = None,
     data_dir: DataDirOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of run folders (default runs/).")] = None,
     overwrite: Annotated[
@@ -144,7 +144,7 @@ def train(
     from sparselora.config import load_config
     from sparselora.training.loop import train as run_training
 
-    overrides = list(set_ or [])
+    overrides = list(overrides or [])
     overrides += [f"data_dir={data_dir}"] if data_dir else []
     overrides += [f"output_dir={output_dir}"] if output_dir else []
     run_dir = run_training(load_config(config, overrides), overwrite=overwrite, resume=resume)
@@ -266,7 +266,7 @@ def _sparse_session(config: Path, overrides: list[str] | None, batches: int):
 @sparse_app.command("recall")
 def sparse_recall(
     config: Annotated[Path, typer.Argument(help="A sparselora run config (model, task, sparsity).")],
-    set_: SetOption = None,
+    overrides: SetOption = None,
     batches: Annotated[int, typer.Option(min=1, help="Real training batches to measure on.")] = 4,
 ) -> None:
     """Per layer: share of the oracle top-k channels the predictor picks (random = kept/width); then how far
@@ -274,7 +274,7 @@ def sparse_recall(
     from sparselora.sparse.output_error import predictor_errors
     from sparselora.sparse.recall import measure_recall
 
-    session = _sparse_session(config, set_, batches)
+    session = _sparse_session(config, overrides, batches)
     table = Table(title=f"predictor recall of the oracle top-k ({batches} batches)")
     for column in ("layer", "part", "kept / width", "recall", "random", "outliers kept"):
         table.add_column(column, justify="right")
@@ -305,7 +305,7 @@ def calibrate(
         float,
         typer.Option(min=0, max=1, help="Share of the sparsifiable projections' FLOPs to remove."),
     ] = 0.4,
-    set_: SetOption = None,
+    overrides: SetOption = None,
     batches: Annotated[int, typer.Option(min=1, help="Calibration batches from the training split.")] = 4,
     out: Annotated[Path | None, typer.Option(help="Write the layer_sparsity map (YAML) here.")] = None,
 ) -> None:
@@ -316,7 +316,7 @@ def calibrate(
 
     if out is not None:
         check_output_file(out, "--out")
-    session = _sparse_session(config, set_, batches)
+    session = _sparse_session(config, overrides, batches)
     result = run_calibration(session.model, session.engine, session.batches, target)
     table = Table(title=f"sensitivity: relative error of the final hidden states ({batches} batches)")
     levels = sorted({level for _, _, level in result.damage})
