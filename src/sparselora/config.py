@@ -162,6 +162,12 @@ class RunConfig(BaseModel):
     )
     timing_warmup_steps: int = Field(5, ge=0, description="Steps excluded from the median ms/step.")
     max_new_tokens: int = Field(256, gt=0, description="gsm8k: generation length at evaluation.")
+    few_shot: int = Field(
+        0,
+        ge=0,
+        description="gsm8k: solved problems from the end of the training split written before every question "
+        "(a k-shot prompt, the same k for every row; only the row's own answer is trained and scored).",
+    )
     chat_template: bool = Field(
         True,
         description="gsm8k (SFT): build prompts with the tokenizer's chat template when it has one "

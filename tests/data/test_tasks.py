@@ -119,6 +119,29 @@ def test_gsm8k_prompts_go_through_the_chat_template(data_env, tiny_llama_dir, us
         assert prompt.startswith("question :") and prepared.eval_prompts[0].startswith("Question:")
 
 
+@pytest.mark.parametrize("use_template", [True, False])
+def test_gsm8k_few_shot_prompts_hold_solved_problems_but_train_only_the_answer(data_env, tiny_llama_dir, use_template):
+    tok = load_tokenizer(resolve_model(str(tiny_llama_dir)))
+    tok.chat_template = CHAT_TEMPLATE
+    keys = {"task": "gsm8k", "max_train_samples": 2, "max_eval_samples": 2}
+    plain = get_task("gsm8k").load(build_config(keys))
+    shot = get_task("gsm8k").load(build_config({**keys, "few_shot": 2}))
+    for split in ("train", "eval"):
+        for row, base in zip(getattr(shot, split), getattr(plain, split), strict=True):
+            assert row["prompt"].endswith(base["prompt"]) and row["prompt"].count("Question:") == 3
+            assert row["target"] == base["target"] and row["answer"] == base["answer"]
+            assert row["user"].endswith(base["prompt"]) and row["user"].count("####") == 2
+    prepared, before = _prepare_gsm8k(shot, tok, use_template), _prepare_gsm8k(plain, tok, use_template)
+    trained = [[label for label in row["labels"] if label != -100] for row in (prepared.train[0], before.train[0])]
+    assert trained[0] == trained[1] and len(prepared.train[0]["input_ids"]) > 2 * len(before.train[0]["input_ids"])
+    assert prepared.eval_answers == before.eval_answers
+
+
+def test_gsm8k_few_shot_examples_may_not_be_trained_on(data_env):
+    with pytest.raises(ValueError, match=r"few_shot=3 takes the last 3 .* set max_train_samples <="):
+        get_task("gsm8k").load(build_config({"task": "gsm8k", "few_shot": 3}))
+
+
 @pytest.mark.parametrize(
     ("text", "answer"),
     [

@@ -28,18 +28,40 @@ def final_answer(text: str) -> str | None:
     return number[:-2] if number.endswith(".0") else number
 
 
-def _standard(split):
-    """SFT rows: the plain-text prompt and target, the raw turns for a chat template, the reference number."""
+def solved_examples(shots) -> str:
+    """k solved problems in the prompt's own format, each followed by a blank line."""
+    return "".join(f"{prompt_for(row['question'])} {row['answer'].strip()}\n\n" for row in shots)
+
+
+def _standard(split, shots: str = ""):
+    """SFT rows: the plain-text prompt and target, the raw turns for a chat template, the reference number.
+
+    ``shots`` (solved examples) open the prompt and the user turn alike; the trained target is unchanged.
+    """
     return split.map(
         lambda row: {
-            "prompt": prompt_for(row["question"]),
+            "prompt": shots + prompt_for(row["question"]),
             "target": " " + row["answer"].strip(),
-            "user": row["question"].strip(),
+            "user": shots + prompt_for(row["question"]) if shots else row["question"].strip(),
             "assistant": row["answer"].strip(),
             "answer": final_answer(row["answer"]),
         },
         remove_columns=split.column_names,
     )
+
+
+def few_shot_examples(train, k: int, max_train_samples: int | None) -> str:
+    """The last k training problems, solved: never among the first ``max_train_samples`` that are trained on."""
+    if k == 0:
+        return ""
+    from sparselora.config import ConfigError  # config imports the metrics, which import this module
+
+    if max_train_samples is None or max_train_samples > len(train) - k:
+        raise ConfigError(
+            f"few_shot={k} takes the last {k} of the {len(train)} training problems, which training also uses; "
+            f"set max_train_samples <= {len(train) - k}"
+        )
+    return solved_examples(train.select(range(len(train) - k, len(train))))
 
 
 def load_gsm8k(config) -> TaskData:
@@ -50,9 +72,10 @@ def load_gsm8k(config) -> TaskData:
         lambda folder: DatasetDict(train=read_table(folder / "train.jsonl"), test=read_table(folder / "test.jsonl")),
         ("openai/gsm8k", "main"),
     )
+    shots = few_shot_examples(splits["train"], config.few_shot, config.max_train_samples)
     return TaskData(
-        train=_standard(first_n(splits["train"], config.max_train_samples)),
-        eval=_standard(first_n(splits["test"], config.max_eval_samples)),
+        train=_standard(first_n(splits["train"], config.max_train_samples), shots),
+        eval=_standard(first_n(splits["test"], config.max_eval_samples), shots),
     )
 
 
