@@ -23,9 +23,8 @@ from transformers import set_seed
 
 from sparselora.config import load_config
 from sparselora.methods import get_method
-from sparselora.methods.sparselora import lora_counterpart
+from sparselora.methods.sparselora import lora_counterpart, sparse_config_of
 from sparselora.report.markdown import table
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
 from sparselora.training.inputs import load_inputs
 
@@ -95,8 +94,13 @@ def main() -> None:
     for point in args.point:
         rule, ffn, attn = point.split(":")
         sparse = copy.deepcopy(dense)
-        sparse_config = SparseLoRAConfig(
-            sparse_pass="backward", backward_rule=rule, ffn_sparsity=float(ffn), attn_sparsity=float(attn)
+        sparse_config = sparse_config_of(  # the config's other keys (estimator_tokens, backward_residual_rank)
+            config.method_options,
+            sparse_pass="backward",
+            backward_rule=rule,
+            ffn_sparsity=float(ffn),
+            attn_sparsity=float(attn),
+            layer_sparsity=None,
         )
         engine = apply_sparselora(sparse, sparse_config, progress=False)
         engine.start_sparse_now()
@@ -104,15 +108,20 @@ def main() -> None:
             _fidelity(e, _gradients(sparse, b, seed)) for seed, (e, b) in enumerate(zip(exact, batches, strict=True))
         ]
         mean = {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
-        results.append({"rule": rule, "ffn_sparsity": float(ffn), "attn_sparsity": float(attn), **mean})
+        point = {"rule": rule, "ffn_sparsity": float(ffn), "attn_sparsity": float(attn)}
+        point |= {"estimator_tokens": sparse_config.estimator_tokens}
+        point |= {"residual_rank": sparse_config.backward_residual_rank}
+        results.append(point | mean)
         engine.detach()
 
-    header = ["rule", "FFN channels skipped", "frozen q/k/v gradient", "cosine", "relative error"]
+    header = ["rule", "FFN channels skipped", "skipped channels' gradient", "frozen q/k/v gradient", "cosine"]
+    header += ["relative error"]
     header += ["mean LoRA-module cosine", "min LoRA-module cosine"]
     rows = [
         [
             r["rule"],
             f"{r['ffn_sparsity']:g}",
+            f"rank {r['residual_rank']}" if r["residual_rank"] else "zero",
             "dropped" if r["attn_sparsity"] > 0 else "kept",
             f"{r['cosine']:.3f}",
             f"{r['relative_error']:.3f}",

@@ -92,6 +92,7 @@ class TrainingSetup:
     # "backward": the forward stays dense; the sparsity applies to the frozen projections' input gradients only
     sparse_pass: Literal["forward", "backward"] = "forward"
     backward_rule: str = "contribution"  # "gradient": the backward scores channels with a sampled matmul
+    backward_residual_rank: int = 0  # > 0: the skipped channels' input gradient through rank-r factors
 
 
 @dataclass
@@ -183,6 +184,11 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
         if exact_forward and ffn_s and backward and setup.backward_rule == "gradient":
             # dL/dh of the sampled tokens through the whole down projection
             flops.add("estimator", 0.0, 2 * shape.intermediate * shape.hidden * estimator_share)
+        if exact_forward and ffn_s and backward and setup.backward_residual_rank:
+            # dy·b_downᵀ·a_downᵀ, and per up/gate projection dz·bᵀ·aᵀ: r·(hidden + width) multiply-adds each
+            projections_count = 3 if shape.swiglu else 2
+            residual = 2 * setup.backward_residual_rank * (shape.hidden + shape.intermediate) * projections_count
+            flops.add("ffn_residual", 0.0, residual)
         layers.append(flops)
     return FlopsReport(layers=layers, head=_head_flops(shape, setup))
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 
 
 def test_gradient_fidelity_is_one_with_every_channel_and_below_with_fewer(tiny_bert_dir, data_env, tmp_path):
@@ -23,4 +23,4 @@ def test_gradient_fidelity_is_one_with_every_channel_and_below_with_fewer(tiny_b
     points = json.loads(out.read_text())["points"]
     assert points[0]["cosine"] == pytest.approx(1.0, abs=1e-5) and points[0]["relative_error"] < 1e-4
     assert points[1]["cosine"] < 1.0 and points[2]["relative_error"] > 0
-    assert "| contribution | 0.75 | kept |" in completed.stdout
+    assert "| contribution | 0.75 | zero | kept |" in completed.stdout

@@ -58,6 +58,7 @@ def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[st
         "estimator_tokens": sparse.estimator_tokens,
         "sparse_pass": sparse.sparse_pass,
         "backward_rule": sparse.backward_rule,
+        "backward_residual_rank": sparse.backward_residual_rank,
     }
 
 

@@ -27,6 +27,11 @@ saves the kept pre-activations only (the gradient rule, which chooses in the bac
 more than the activation's own backward would. ``W_down`` is kept transposed once per layer, so that
 every weight slice is a contiguous row gather. Elsewhere each projection has its own autograd function.
 
+``backward_residual_rank`` r > 0 (in the block backward) gives the skipped channels an approximate input
+gradient instead of zero, as CE-LoRA does (Chen et al., 2025): ``dh`` through rank-r factors of ``W_down``
+(exact on the kept channels), the activation's backward over the full width, and ``dz_s·W_up[s]`` through
+rank-r factors of ``W_up`` (and ``W_gate``): 2r·(hidden + width) extra multiply-adds per token and projection.
+
 The kept channels of one forward travel with its graph, so several forwards before one backward
 (gradient accumulation) stay correct.
 """
@@ -42,6 +47,7 @@ from torch import nn
 
 from sparselora.sparse.config import BackwardRule, kept_channels
 from sparselora.sparse.ffn import linear_parts, transposed
+from sparselora.sparse.svd import LowRank, low_rank
 
 
 @dataclass
@@ -133,6 +139,7 @@ class _KeptPlan:
     channels: torch.Tensor | None  # None: chosen in the backward (gradient rule) by ``choose``
     scale: float = 1.0
     choose: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor] | None = None
+    residual: dict[str, LowRank] | None = None  # rank-r factors of up/gate/down: the skipped channels' gradient
 
 
 class _KeptChannelsFFNBackward(torch.autograd.Function):
@@ -143,7 +150,7 @@ class _KeptChannelsFFNBackward(torch.autograd.Function):
     def forward(ctx, h, x, up_pre, gate_pre, plan: _KeptPlan):
         out = F.linear(h, plan.down_weight, plan.down_bias)
         pre = [up_pre] if gate_pre is None else [up_pre, gate_pre]
-        if plan.channels is not None:  # known now: save only the kept columns
+        if plan.channels is not None and plan.residual is None:  # known now: save only the kept columns
             pre = [z.index_select(-1, plan.channels) for z in pre]
         ctx.save_for_backward(*pre)
         ctx.plan, ctx.x_shape = plan, x.shape
@@ -156,11 +163,14 @@ class _KeptChannelsFFNBackward(torch.autograd.Function):
         pre = [z.reshape(-1, z.shape[-1]) for z in ctx.saved_tensors]
         if plan.channels is None:
             plan.channels = plan.choose(grad, dict(zip(("up", "gate"), pre, strict=False)))
-            pre = [z.index_select(1, plan.channels) for z in pre]
+            if plan.residual is None:
+                pre = [z.index_select(1, plan.channels) for z in pre]
         kept, dtype = plan.channels, grad.dtype
         grad_h = grad @ plan.down_weight_t.index_select(0, kept).to(dtype).T  # dy·W_down[:, k]
         if plan.scale != 1.0:
             grad_h = grad_h * plan.scale
+        if plan.residual is not None:
+            return None, _with_residual(plan, grad, grad_h, pre).view(ctx.x_shape), None, None, None
         if plan.gate_weight is None:  # h = act(z)
             grad_x = plan.activation_grad(grad_h, pre[0].to(dtype)) @ plan.up_weight.index_select(0, kept).to(dtype)
         else:  # h = act(g) ⊙ u
@@ -170,6 +180,30 @@ class _KeptChannelsFFNBackward(torch.autograd.Function):
             grad_x = grad_up @ plan.up_weight.index_select(0, kept).to(dtype)
             grad_x = grad_x + grad_gate @ plan.gate_weight.index_select(0, kept).to(dtype)
         return None, grad_x.view(ctx.x_shape), None, None, None
+
+
+def _with_residual(plan: _KeptPlan, grad: torch.Tensor, grad_h_kept: torch.Tensor, pre: list[torch.Tensor]):
+    """The block's input gradient with the skipped channels through rank-r factors (``W ≈ bᵀ·aᵀ``).
+
+    ``dh = dy·W_down`` comes from the factors and is exact on the kept channels; ``dz = dh ⊙ act'`` over the
+    full width; ``dx = dz_k·W[k]`` exactly plus ``dz_s·W[s] ≈ (dz·bᵀ − dz_k·b[:, k]ᵀ)·aᵀ`` for up (and gate).
+    """
+    kept, dtype = plan.channels, grad.dtype
+    factors = {role: f.to(grad) for role, f in plan.residual.items()}
+    grad_h = (grad @ factors["down"].b.T) @ factors["down"].a.T
+    grad_h.index_copy_(1, kept, grad_h_kept)
+    if plan.gate_weight is None:  # h = act(z)
+        grad_z = {"up": plan.activation_grad(grad_h, pre[0].to(dtype))}
+    else:  # h = act(g) ⊙ u
+        up, gate = pre[0].to(dtype), pre[1].to(dtype)
+        grad_z = {"up": grad_h * plan.activation(gate), "gate": plan.activation_grad(grad_h * up, gate)}
+    weights = {"up": plan.up_weight, "gate": plan.gate_weight}
+    grad_x = 0
+    for role, dz in grad_z.items():
+        dz_kept, b = dz.index_select(1, kept), factors[role].b
+        skipped = dz @ b.T - dz_kept @ b.index_select(1, kept).T
+        grad_x = grad_x + dz_kept @ weights[role].index_select(0, kept).to(dtype) + skipped @ factors[role].a.T
+    return grad_x
 
 
 @dataclass
@@ -196,6 +230,7 @@ class BackwardSparseFFN:
     keep: torch.Tensor | None = None  # the last batch's kept channels (gradient rule: once its backward ran)
     fuse: bool = True  # use the block's kept-channels-only backward where the block allows it
     fused: bool = False  # whether attach installed it
+    residual_rank: int = 0  # > 0: the skipped channels' input gradient through rank-r factors (block backward)
     _pending: _Kept | _BlockInputs | None = None
     _down_weight_t: torch.Tensor | None = None
     _activation_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -203,6 +238,7 @@ class BackwardSparseFFN:
     _row_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     _generator: torch.Generator | None = None
     _hooks: list = field(default_factory=list)
+    _residual: dict[str, LowRank] | None = None
 
     @property
     def width(self) -> int:
@@ -297,6 +333,18 @@ class BackwardSparseFFN:
         self.fused = (
             self.fuse and self._activation_grad is not None and not any(linear_parts(p)[1] for p in projections)
         )
+        if self.residual_rank and not self.fused:
+            raise ValueError(
+                f"backward_residual_rank={self.residual_rank} needs the FFN's block backward, which layer "
+                f"{self.layer} cannot use: remove the FFN projections from target_modules, or set "
+                "backward_residual_rank: 0"
+            )
+        if self.residual_rank:
+            self._residual = {
+                role: low_rank(linear_parts(getattr(self, role))[0].weight, self.residual_rank)
+                for role in ("up", "gate", "down")
+                if getattr(self, role) is not None
+            }
         if self.fused:
             for role in ("up", "gate"):
                 if getattr(self, role) is not None:
@@ -385,6 +433,7 @@ class BackwardSparseFFN:
                 activation=self.activation,
                 activation_grad=self._activation_grad,
                 channels=None if self.rule == "gradient" else self.select(h, engine.step),
+                residual=self._residual,
             )
             if self.rule == "gradient":
                 plan.choose = self._gradient_channels
@@ -404,7 +453,7 @@ class BackwardSparseFFN:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.keep, self._pending, self._down_weight_t = None, None, None
+        self.keep, self._pending, self._down_weight_t, self._residual = None, None, None, None
 
 
 @dataclass

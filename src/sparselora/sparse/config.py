@@ -41,6 +41,15 @@ class SparseLoRAConfig(BaseModel):
             " exact gradient on estimator_tokens sampled tokens) or 'random' (uniform, scaled to stay unbiased)."
         ),
     )
+    backward_residual_rank: int = Field(
+        0,
+        ge=0,
+        description=(
+            "sparse_pass backward: 0 passes no input gradient through the skipped FFN channels; r > 0 passes"
+            " theirs through rank-r SVD factors of the frozen up/gate/down weights (the kept channels stay"
+            " exact). Needs the block backward (no adapter on the FFN projections)."
+        ),
+    )
     svd_rank: int = Field(8, gt=0, description="Rank of the SVD estimator of each selectable projection.")
     ffn_sparsity: float = Field(
         0.5, ge=0, lt=1, description="Fraction of FFN channels skipped in every layer not named in layer_sparsity."

@@ -352,6 +352,7 @@ def _backward_engine(model, spec: ArchSpec, config: SparseLoRAConfig, layers_cou
             rule=config.backward_rule,
             estimator_tokens=config.estimator_tokens,
             activation=activation_of(_model_config(model), spec.activation_attr),
+            residual_rank=config.backward_residual_rank,
         )
         for i in range(layers_count)
         if spec.ffn not in FFN_REFUSED
