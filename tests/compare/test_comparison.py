@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 from sparselora.cli import app
 from sparselora.compare import plan as plan_module
 from sparselora.compare import runner
-from sparselora.compare.plan import CompareConfig, parse_only, plan_cells
+from sparselora.compare.plan import CompareConfig, parse_only, plan_cells, with_flags
 from sparselora.config import ConfigError
 from sparselora.report.comparison import NotAResultsFolderError, build_report
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=(), max_steps=3, **keys) -> CompareConfig:
@@ -41,6 +41,16 @@ def test_cells_and_only_filter(tmp_path):
         plan_cells(config, {"method": "dora"})
     with pytest.raises(ConfigError, match="--only"):
         parse_only("lr=3")
+
+
+def test_command_line_flags_beat_the_config_and_reach_every_cell(tmp_path):
+    config = _comparison("m", tmp_path)
+    config.shared["data_dir"] = "/from/config"
+    config = with_flags(config, ["lora_r=16"], tmp_path / "elsewhere", "3,4", tmp_path / "flag-data")
+    cells = plan_cells(config)
+    assert {c.seed for c in cells} == {3, 4} and config.output_dir == tmp_path / "elsewhere"
+    assert all(c.run_config(config).data_dir == tmp_path / "flag-data" for c in cells)
+    assert all(c.run_config(config).option("lora_r") == 16 for c in cells)
 
 
 def test_reference_must_be_a_method(tmp_path):

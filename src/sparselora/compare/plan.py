@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparselora.config import ConfigError, RunConfig, build_config
+from sparselora.config import ConfigError, RunConfig, build_config, parse_overrides
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 
@@ -164,6 +164,25 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: '{text}'")
     return seeds
+
+
+def with_flags(
+    config: CompareConfig,
+    overrides: list[str] | None = None,
+    output_dir: Path | None = None,
+    seeds: str | None = None,
+    data_dir: Path | None = None,
+) -> CompareConfig:
+    """The comparison as the command line changes it: ``--set`` keys for every cell, the results folder, the
+    seeds, and ``--data-dir``, which (as in ``train``) beats a ``data_dir`` the config names."""
+    config.shared.update(parse_overrides(overrides or []))
+    if data_dir is not None:
+        config.shared["data_dir"] = str(data_dir)
+    if output_dir is not None:
+        config.output_dir = output_dir
+    if seeds:
+        config.seeds = parse_seeds(seeds)
+    return config
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:

@@ -145,3 +145,19 @@ def get_factors(
 
 def factor_for(factors: dict[str, LowRank], layer: int, role: str) -> LowRank:
     return factors[_key(layer, role)]
+
+
+def build_model_cache(
+    model: str, rank: int, out: Path | None = None, force: bool = False
+) -> tuple[dict[str, LowRank], dict[str, float], Path]:
+    """The factors of a model named by alias, folder or Hub id, built or loaded, and the cache file's path."""
+    from transformers import AutoModel
+
+    from sparselora.models import get_arch, load_config, resolve_model
+
+    source = resolve_model(model)
+    spec = get_arch(load_config(source).model_type)
+    weights = AutoModel.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)  # no head needed
+    path = out or default_cache_path(model, rank)
+    factors, stats = get_factors(weights, spec, rank, path, force=force)
+    return factors, stats, path
