@@ -14,9 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
-from sparselora.data.sources import candidate_data_dirs
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def _minilm_tokenizer():
@@ -96,27 +94,3 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def data_env(shared_data_dir, monkeypatch) -> Path:
     monkeypatch.setenv("SPARSELORA_DATA_DIR", str(shared_data_dir))
     return shared_data_dir
-
-
-def tiny_run(model_dir: Path, output_dir: Path, **overrides) -> dict:
-    """A run config for a few seconds of training on real data with a tiny model."""
-    config = {
-        "model": str(model_dir),
-        "task": "sst2",
-        "method": "lora",
-        "max_train_samples": 64,
-        "max_eval_samples": 48,
-        "batch_size": 16,
-        "eval_batch_size": 16,
-        "epochs": 1,
-        "learning_rate": 1e-3,
-        "logging_steps": 2,
-        "timing_warmup_steps": 1,
-        "output_dir": str(output_dir),
-        "progress": False,
-    }
-    config.update(overrides)
-    return config
-
-
-__all__ = ["candidate_data_dirs", "tiny_run"]

@@ -12,7 +12,7 @@ def test_every_exported_name_resolves():
 
 
 def test_the_front_door_trains_and_attaches(tiny_bert_dir, data_env, tmp_path):
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     config = sparselora.build_config(tiny_run(tiny_bert_dir, tmp_path, max_steps=1))
     run_dir = sparselora.train(config)

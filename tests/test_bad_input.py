@@ -23,7 +23,7 @@ from transformers import BertConfig, BertModel
 from sparselora.cli import main
 from sparselora.config import build_config
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sparselora.cli import app
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 runner = CliRunner()
 

@@ -25,7 +25,8 @@ from sparselora.cli import app
 from sparselora.compare import load_compare_config
 from sparselora.compare.plan import parse_only, parse_seeds, plan_cells
 from sparselora.config import load_config, parse_overrides
-from tests.conftest import REPO
+from sparselora.sparse.config import SparseLoRAConfig
+from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 REPO_PREFIXES = ("configs/", "docs/", "benchmarks/", "tests/", "src/", ".ci/")
@@ -248,3 +249,9 @@ def repo_paths(doc: Path) -> set[str]:
 def test_every_path_a_doc_names_exists(doc):
     missing = sorted(name for name in repo_paths(doc) if not (REPO / name).exists())
     assert not missing, f"{doc.relative_to(REPO)} names paths that do not exist: {missing}"
+
+
+def test_every_sparselora_key_is_in_the_docs_key_table():
+    text = (REPO / "docs" / "sparselora.md").read_text(encoding="utf-8")
+    missing = [key for key in SparseLoRAConfig.model_fields if f"| `{key}` |" not in text]
+    assert not missing, f"docs/sparselora.md's key table lacks {missing}"

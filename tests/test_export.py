@@ -12,7 +12,7 @@ from sparselora.config import build_config
 from sparselora.export import CannotMergeError, merge_run
 from sparselora.training.inputs import load_inputs
 from sparselora.training.loop import run_evaluation, train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora"])

@@ -6,7 +6,7 @@ import yaml
 
 from sparselora.cli import main
 from sparselora.config import build_config
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def _digest(folder) -> dict[str, str]:

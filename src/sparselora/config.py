@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparselora.evaluation.metrics import MetricName
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 from sparselora.methods.registry import MethodOptions, get_method, method_names
 from sparselora.training.precision import Precision
 from sparselora.training.trainer_args import apply_aliases, check_training_args, trainer_fields
 
+MetricName = Literal[  # what evaluation/metrics.py computes
+    "accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman", "perplexity", "exact_match"
+]
 DataFormat = Literal["auto", "classification", "messages", "prompt_completion", "text"]
 
 

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 
 
 def test_precision_benchmark_writes_both_step_times(tiny_bert_dir, data_env, tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 
 
 def _config(tiny_llama_dir, tmp_path, **keys):

@@ -10,7 +10,7 @@ import yaml
 
 from sparselora.config import build_config
 from sparselora.training.loop import train
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 
 SPARSITY = {"ffn_sparsity": 0.5, "attn_sparsity": 0.5, "svd_rank": 4, "dense_output_tokens": False}
 SPARSE_CELL = {"method": "sparselora", "sparse_warmup_ratio": 0.2, "sparse_cooldown_ratio": 0.2, **SPARSITY}

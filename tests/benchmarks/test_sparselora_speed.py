@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 
 
 @pytest.mark.parametrize("mode", ["forward", "backward"])

@@ -9,7 +9,7 @@ from sklearn.metrics import matthews_corrcoef
 from sparselora.config import build_config
 from sparselora.evaluation.metrics import classification_metrics, metric_names
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def test_cola_from_the_file_task_reports_matthews_correlation(tiny_bert_dir, shared_data_dir, tmp_path):

@@ -8,7 +8,7 @@ from sparselora.config import build_config
 from sparselora.files.paths import UnsafePathError, check_folder_name, check_output_file, check_writable_folder
 from sparselora.run_folder.layout import RunFolderError, publish, write_status
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/tmp", "a\\b", ".hidden", "a\tb", "a\x7fb"])

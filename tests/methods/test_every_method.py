@@ -8,7 +8,7 @@ from sparselora.config import build_config
 from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods import method_names
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 # Keys that make each method do something on a 2-layer model in 3 steps.
 EXTRA = {

@@ -8,7 +8,7 @@ from sparselora.config import build_config
 from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods.layerlens import BudgetTooSmallError, LayerScores, allocate_ranks
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def test_allocation_takes_the_best_layers_first_and_respects_the_budget():

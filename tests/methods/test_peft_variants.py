@@ -11,7 +11,7 @@ from sparselora.evaluation.rerun import evaluate_run
 from sparselora.methods.hira import MissingHiraError, hira_config_class
 from sparselora.methods.qlora import MissingBitsAndBytesError, QLoraOptions, quantization_kwargs
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def test_qlora_base_is_4bit_and_head_is_not(tiny_bert_dir, data_env, tmp_path):

@@ -13,7 +13,7 @@ from sparselora.methods import get_method
 from sparselora.methods.registry import PLUGINS_ENV
 from sparselora.report.comparison import build_report
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 PLUGIN = "tests.methods.lora_fa_plugin"
 

@@ -14,7 +14,7 @@ from sparselora.methods.lora import lora_weights
 from sparselora.methods.lora_l1 import soft_threshold
 from sparselora.methods.lora_prune import AdapterPruning, LoraPruneOptions, magnitude_masks
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def _adapter_zero_fraction(run) -> float:

@@ -20,7 +20,7 @@ def test_a_methods_card_rows_replace_loras(tmp_path):
 def test_the_card_cites_the_methods_papers_and_parses(tiny_bert_dir, data_env, tmp_path):
     from sparselora.config import build_config
     from sparselora.training.loop import train
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, method="dora", max_steps=1)))
     card = (run / "README.md").read_text()
@@ -36,7 +36,7 @@ def test_the_hub_reads_the_cards_metadata_and_results(tiny_bert_dir, data_env, t
 
     from sparselora.config import build_config
     from sparselora.training.loop import train
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     run = train(build_config(tiny_run(tiny_bert_dir, tmp_path, max_steps=1)))
     card = ModelCard.load(run / "README.md")
@@ -65,7 +65,7 @@ def test_a_file_task_names_no_hub_dataset(tiny_bert_dir, tmp_path):
 
     from sparselora.config import build_config
     from sparselora.training.loop import train
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     rows = "".join(f"{text}\t{label}\n" for text, label in [("good film", 1), ("bad film", 0)] * 8)
     (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows)

@@ -20,7 +20,7 @@ from sparselora.run_folder.layout import RunFolderError, lock_path, partial_dir,
 from sparselora.run_folder.resume import last_checkpoint, truncate_log
 from sparselora.run_folder.states import list_runs
 from sparselora.training.loop import TrainingDivergedError, train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def _cli_train(config_path: Path, env: dict) -> subprocess.Popen:

@@ -8,11 +8,12 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from sparselora.models import get_arch
+from sparselora.models import get_arch, iter_projections
 from sparselora.models.architectures import supported_model_types
 from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import FFN_REFUSED, apply_sparselora
-from tests.sparse.test_engine import TARGETS, _batch, _loss_and_grads, _peft_model
+from sparselora.sparse.svd import base_weight
+from tests.sparse.models import TARGETS, _batch, _loss_and_grads, _peft_model
 from tests.sparse.test_exactness import EAGER_ONLY, SIZES
 
 
@@ -149,7 +150,7 @@ def test_the_method_trains_in_backward_mode(tiny_bert_dir, data_env, tmp_path):
     from sparselora.config import build_config
     from sparselora.evaluation.rerun import evaluate_run
     from sparselora.training.loop import train
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     keys = tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward", max_steps=4)
     run = train(build_config(keys | {"ffn_sparsity": 0.5, "attn_sparsity": 0.5, "sparse_warmup_ratio": 0.0}))
@@ -162,7 +163,7 @@ def test_the_method_trains_in_backward_mode(tiny_bert_dir, data_env, tmp_path):
 def test_the_analysis_commands_refuse_the_backward_mode(tiny_bert_dir, data_env, tmp_path):
     from sparselora.config import build_config
     from sparselora.sparse.session import open_session
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     config = build_config(tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward"))
     with pytest.raises(ValueError, match="sparse_pass: forward"):
@@ -172,7 +173,7 @@ def test_the_analysis_commands_refuse_the_backward_mode(tiny_bert_dir, data_env,
 def test_the_flops_calculator_counts_a_dense_forward_and_a_sparser_backward(tiny_bert_dir):
     from sparselora.config import build_config
     from sparselora.flops import config_flops
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     keys = tiny_run(tiny_bert_dir, "runs", method="sparselora", sparse_pass="backward", ffn_sparsity=0.75)
     sparse, dense = config_flops(build_config(keys).to_flat_dict(), seq_len=16, batch_size=4)
@@ -288,3 +289,38 @@ def test_gradient_accumulation_and_checkpointing_with_the_fused_block():
     assert all(torch.equal(block.keep, keep) for block, keep in zip(engine_c.ffn, keeps, strict=True))
     for name, grad in accumulated.items():
         torch.testing.assert_close(dict(checkpointed.named_parameters())[name].grad, grad, msg=name)
+
+
+def _frozen_ffn_weights_of_rank(model, spec, rank: int) -> None:
+    """Every frozen FFN projection replaced by a random matrix of exactly ``rank``."""
+    generator = torch.Generator().manual_seed(7)
+    for proj in iter_projections(model, spec):
+        if proj.role in ("up", "gate", "down"):
+            weight = base_weight(proj.module)
+            rows, cols = weight.shape
+            low = torch.randn(rows, rank, generator=generator) @ torch.randn(rank, cols, generator=generator)
+            with torch.no_grad():
+                weight.copy_(low / (rank * cols) ** 0.5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_the_residual_of_the_weights_rank_gives_every_gradient_of_dense_lora(model_type):
+    """Frozen FFN weights of rank 3: the skipped channels' gradient through rank-3 factors is exact."""
+    dense = _attention_only_lora(model_type)
+    _frozen_ffn_weights_of_rank(dense, get_arch(model_type), rank=3)
+    residual, zeros = copy.deepcopy(dense), copy.deepcopy(dense)
+    assert all(block.fused for block in _backward_mode(residual, ffn_sparsity=0.75, backward_residual_rank=3).ffn)
+    _backward_mode(zeros, ffn_sparsity=0.75)
+    logits_d, grads_d = _loss_and_grads(dense, _family_batch())
+    logits_r, grads_r = _loss_and_grads(residual, _family_batch())
+    _, grads_z = _loss_and_grads(zeros, _family_batch())
+    assert torch.equal(logits_r, logits_d)
+    for name in grads_d:
+        torch.testing.assert_close(grads_r[name], grads_d[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.allclose(grads_z[name], grads_d[name], rtol=1e-3) for name in grads_d)
+
+
+def test_the_residual_needs_the_block_backward():
+    model = _peft_model("llama")  # LoRA on the FFN projections: per-projection backward
+    with pytest.raises(ValueError, match=r"backward_residual_rank=2 needs the FFN's block backward.*target_modules"):
+        _backward_mode(model, ffn_sparsity=0.75, backward_residual_rank=2)

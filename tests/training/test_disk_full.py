@@ -7,7 +7,7 @@ import safetensors.torch
 from sparselora.cli import main
 from sparselora.files.disk import is_disk_full
 from sparselora.run_folder.layout import partial_dir
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def _full_disk(*_args, **_kwargs):

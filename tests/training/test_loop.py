@@ -16,7 +16,7 @@ from sparselora.evaluation.rerun import evaluate_run
 from sparselora.run_folder.layout import RunFolderError
 from sparselora.training.inputs import load_inputs
 from sparselora.training.loop import train
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 RUN_FILES = {
     "config.yaml",

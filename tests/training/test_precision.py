@@ -13,7 +13,7 @@ from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
 from sparselora.training.loop import train
 from sparselora.training.precision import parse_device, resolve_precision
-from tests.conftest import tiny_run
+from tests.helpers import tiny_run
 
 
 def test_the_base_is_bf16_and_what_trains_is_fp32(tiny_bert_dir, data_env, tmp_path):

@@ -6,6 +6,7 @@ import re
 
 from datasets import DatasetDict
 
+from sparselora.config import ConfigError
 from sparselora.data.readers import read_table
 from sparselora.data.registry import TaskData, TaskSpec, first_n, register_task
 from sparselora.data.sources import load_local_or_hub
@@ -54,8 +55,6 @@ def few_shot_examples(train, k: int, max_train_samples: int | None) -> str:
     """The last k training problems, solved: never among the first ``max_train_samples`` that are trained on."""
     if k == 0:
         return ""
-    from sparselora.config import ConfigError  # config imports the metrics, which import this module
-
     if max_train_samples is None or max_train_samples > len(train) - k:
         raise ConfigError(
             f"few_shot={k} takes the last {k} of the {len(train)} training problems, which training also uses; "

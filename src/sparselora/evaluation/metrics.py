@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from sparselora.data.gsm8k import final_answer
-
-MetricName = Literal[
-    "accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman", "perplexity", "exact_match"
-]
 
 _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
     "accuracy": lambda predictions, labels, _n: accuracy_score(labels, predictions),
