@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import set_seed
 
 from sparselora.sparse.config import SparseLoRAConfig
-from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora
+from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora, engine_of
 
 # LLaMA 3.x shapes (Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B); "tiny" is for tests.
 LLAMA_SHAPES = {
@@ -157,7 +157,7 @@ def config_case(config_path: str, overrides: list[str], device: torch.device) ->
 
     return Case(
         models={"lora": dense.to(device), "sparselora": sparse_setup.model.to(device)},
-        engine=sparse_setup.engine,
+        engine=engine_of(sparse_setup.model),
         batches=batches(),
         learning_rate=config.learning_rate,
         description={

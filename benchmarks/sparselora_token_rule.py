@@ -24,7 +24,7 @@ from transformers import set_seed
 from sparselora.compare.plan import Cell, load_compare_config
 from sparselora.config import load_config
 from sparselora.report.markdown import table
-from sparselora.sparse.engine import SparseLoRAEngine
+from sparselora.sparse.engine import SparseLoRAEngine, engine_of
 from sparselora.sparse.tokens import TokenSplit
 from sparselora.training.inputs import load_inputs
 from sparselora.training.precision import autocast
@@ -79,7 +79,7 @@ def main() -> None:
     set_seed(config.seed)
     inputs = load_inputs(config)
     setup = inputs.build_method()
-    model, engine = setup.model, setup.engine
+    model, engine = setup.model, engine_of(setup.model)
     batches = inputs.first_batches(args.batches)
     engine.calibrate_outliers(model, batches[: config.method_options.calibration_steps])
     sparsities = {kind: [block.sparsity for block in getattr(engine, kind)] for kind in ("ffn", "attention")}

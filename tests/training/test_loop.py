@@ -81,7 +81,7 @@ def test_eval_reproduces_the_recorded_metrics(lora_run):
     recorded, measured = evaluate_run(lora_run)
     for key, value in recorded.items():
         assert measured[key] == pytest.approx(value, abs=1e-6), key
-    with pytest.raises(ValueError, match=r"--sparse evaluates SparseLoRA runs; .* method 'lora'"):
+    with pytest.raises(ValueError, match=r"--sparse: .* method 'lora', which has no sparse evaluation .*sparselora"):
         evaluate_run(lora_run, sparse=True)
 
 

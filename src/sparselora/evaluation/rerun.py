@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from peft import PeftModel
 from safetensors import safe_open
-from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from sparselora.config import RunConfig, build_config
+from sparselora.methods import get_method, method_names
 from sparselora.models.loading import HEAD_CLASSES
 from sparselora.run_folder.layout import read_run
 from sparselora.training.inputs import RunInputs, load_inputs
@@ -99,28 +99,19 @@ def evaluate_run(
     (default: the training device), in the run's precision there.
     """
     config, recorded = saved_run(run_dir, overrides)
-    if sparse and config.method != "sparselora":
-        raise ValueError(f"--sparse evaluates SparseLoRA runs; '{run_dir}' was trained with method '{config.method}'")
+    sparse_evaluation = get_method(config.method).sparse_evaluation
+    if sparse and sparse_evaluation is None:
+        with_it = ", ".join(name for name in method_names() if get_method(name).sparse_evaluation) or "none"
+        raise ValueError(
+            f"--sparse: '{run_dir}' was trained with method '{config.method}', which has no sparse evaluation "
+            f"(methods with one: {with_it}); evaluate it without --sparse"
+        )
     set_seed(config.seed)
     inputs = load_inputs(config, device)
     model = load_trained(Path(run_dir), inputs)
     if next(model.parameters()).device != inputs.device:
         model.to(inputs.device)
     if sparse:
-        _attach_sparsity(model, config, inputs)
+        sparse_evaluation(model, config, lambda n: list(itertools.islice(inputs.train_loader(), n)))
     result = run_evaluation(model, inputs)
     return recorded["task_metrics"], result.metrics
-
-
-def _attach_sparsity(model: nn.Module, config: RunConfig, inputs: RunInputs) -> None:
-    """The run's SparseLoRA engine, sparse in evaluation too; outliers re-found on its first training batches.
-
-    Separates what sparse training learned from how well it carries over to the dense model.
-    """
-    from sparselora.methods.sparselora import sparse_config_of
-    from sparselora.sparse.engine import apply_sparselora
-
-    sparse_config = sparse_config_of(config.method_options, sparse_eval=True)
-    engine = apply_sparselora(model, sparse_config, model_name=config.model, progress=False)
-    engine.calibrate_outliers(model, list(itertools.islice(inputs.train_loader(), sparse_config.calibration_steps)))
-    engine.start_sparse_now()

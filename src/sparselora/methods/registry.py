@@ -57,8 +57,6 @@ class MethodSetup:
     report: Callable[[], dict[str, Any]] | None = None
     # extra files for the run folder (e.g. LayerLens' layer scores and plot), given the folder
     write_artifacts: Callable[[Path], None] | None = None
-    # SparseLoRA's engine, for the analysis commands (recall, calibrate) and benchmarks
-    engine: Any = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +79,9 @@ class MethodSpec:
     citations: tuple[str, ...] = ()
     card_notes: Callable[[RunConfig], list[str]] | None = None
     card_adapter_rows: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # `sparselora eval --sparse`: make a reloaded model evaluate with the method's training-time sparsity,
+    # given the run config and the first n training batches (None: the method has no sparse evaluation)
+    sparse_evaluation: Callable[[nn.Module, RunConfig, Callable[[int], list[dict[str, Any]]]], None] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -7,9 +7,11 @@ computes, not what is learned or stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from peft import get_peft_model
+from torch import nn
 from transformers import PreTrainedModel
 
 from sparselora.flops import uniform_lora
@@ -44,7 +46,18 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
     sparse_config = sparse_config_of(options)
     engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
-    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report, engine=engine)
+    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
+
+
+def sparse_evaluation(model: nn.Module, config: RunConfig, batches: Callable[[int], list[dict]]) -> None:
+    """The run's engine, sparse in evaluation too; outliers re-found on its first training batches.
+
+    Separates what sparse training learned from how well it carries over to the dense model.
+    """
+    sparse_config = sparse_config_of(config.method_options, sparse_eval=True)
+    engine = apply_sparselora(model, sparse_config, model_name=config.model, progress=False)
+    engine.calibrate_outliers(model, batches(sparse_config.calibration_steps))
+    engine.start_sparse_now()
 
 
 def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +82,7 @@ register(
         options=SparseLoRAOptions,
         build=build_sparselora,
         flops_setup=sparselora_flops,
+        sparse_evaluation=sparse_evaluation,
         citations=(
             LORA_CITATION,
             "Khaki et al., *SparseLoRA: Accelerating LLM Fine-Tuning with Contextual Sparsity*, ICML 2025.",

@@ -415,3 +415,11 @@ def _dense_tokens(spec: ArchSpec, config: SparseLoRAConfig) -> Literal["labels",
     if not config.dense_output_tokens:
         return None
     return "labels" if spec.kind == "decoder" else "first"
+
+
+def engine_of(model: nn.Module) -> SparseLoRAEngine:
+    """The engine ``apply_sparselora`` attached to ``model`` (the analysis commands and benchmarks use it)."""
+    engine = getattr(model, "_sparselora_engine", None)
+    if engine is None:
+        raise ValueError("this model has no SparseLoRA engine: build it with method sparselora or apply_sparselora")
+    return engine

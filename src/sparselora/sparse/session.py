@@ -12,7 +12,7 @@ from torch import nn
 from transformers import set_seed
 
 from sparselora.config import RunConfig
-from sparselora.sparse.engine import SparseLoRAEngine
+from sparselora.sparse.engine import SparseLoRAEngine, engine_of
 from sparselora.training.inputs import load_inputs
 
 
@@ -34,7 +34,7 @@ def open_session(config: RunConfig, num_batches: int) -> SparseSession:
     set_seed(config.seed)
     inputs = load_inputs(config)
     setup = inputs.build_method()
-    engine: SparseLoRAEngine = setup.engine
+    engine = engine_of(setup.model)
     batches = inputs.first_batches(num_batches)
     engine.calibrate_outliers(setup.model, batches[: config.method_options.calibration_steps])
     return SparseSession(model=setup.model, engine=engine, batches=batches)
