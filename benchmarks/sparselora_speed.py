@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import set_seed
 
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora, engine_of
+from sparselora.sparse.settings import SparseLoRAConfig
 
 # LLaMA 3.x shapes (Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B); "tiny" is for tests.
 LLAMA_SHAPES = {
@@ -361,7 +361,7 @@ def main() -> None:
         else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         **measure(case, device, args.warmup, args.steps, args.estimator_steps),
-        "sparselora": case.engine.report(),
+        "sparselora": case.engine.measurements(),
     }
     if args.profile:
         result["profile"] = profile(case, device, args.profile)

@@ -25,7 +25,7 @@ from sparselora.cli import app
 from sparselora.compare import load_compare_config
 from sparselora.compare.plan import parse_only, parse_seeds, plan_cells
 from sparselora.config import load_config, parse_overrides
-from sparselora.sparse.config import SparseLoRAConfig
+from sparselora.sparse.settings import SparseLoRAConfig
 from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]

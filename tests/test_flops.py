@@ -14,10 +14,10 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from sparselora.flops import ModelShape, TrainingSetup, count_flops, dense_counterpart
+from sparselora.flops import FlopsSetup, ModelShape, count_flops, dense_counterpart
 from sparselora.models import get_arch
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 
 BATCH, SEQ = 4, 32
 
@@ -58,7 +58,7 @@ def _measured_per_token(model, batch, backward=True) -> float:
 def test_full_finetuning_and_forward_match_the_flop_counter(family):
     model, config, batch, head, _, _ = _model(family)
     shape = ModelShape.from_config(config, get_arch(config.model_type))
-    report = count_flops(shape, TrainingSetup(seq_len=SEQ, batch_size=BATCH, head=head, full_finetune=True))
+    report = count_flops(shape, FlopsSetup(seq_len=SEQ, batch_size=BATCH, head=head, full_finetune=True))
     assert report.total("train") == pytest.approx(_measured_per_token(model, batch), rel=0.01)
     with torch.no_grad():
         assert report.total("forward") == pytest.approx(_measured_per_token(model, batch, backward=False), rel=0.01)
@@ -89,7 +89,7 @@ def test_lora_and_sparselora_steps_match_the_flop_counter(family, sparse_pass, f
         )
         apply_sparselora(model, sparse, progress=False).start_sparse_now()
     model.train()
-    setup = TrainingSetup(
+    setup = FlopsSetup(
         seq_len=SEQ,
         batch_size=BATCH,
         head=head,
@@ -110,7 +110,7 @@ def test_lora_and_sparselora_steps_match_the_flop_counter(family, sparse_pass, f
 def test_distilbert_worked_example():
     """docs/flops.md: DistilBERT FFN 768→3072→768, rank-4 estimator, 75% sparsity."""
     shape = ModelShape.from_config(DistilBertConfig(), get_arch("distilbert"))
-    setup = TrainingSetup(
+    setup = FlopsSetup(
         seq_len=128, batch_size=1, lora_ranks={}, ffn_sparsity=[0.75] * 6, svd_rank=4, estimator_tokens=128
     )
     sparse, dense = count_flops(shape, setup), count_flops(shape, dense_counterpart(setup))

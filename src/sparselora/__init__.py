@@ -41,7 +41,7 @@ _EXPORTS = {
     "read_run": "sparselora.run_folder.layout",
     # SparseLoRA in your own Trainer or loop
     "apply_sparselora": "sparselora.sparse.engine",
-    "SparseLoRAConfig": "sparselora.sparse.config",
+    "SparseLoRAConfig": "sparselora.sparse.settings",
     "SparseLoRAEngine": "sparselora.sparse.engine",
     # methods: the registry and what a method file declares
     "register": "sparselora.methods.registry",
@@ -102,8 +102,8 @@ if TYPE_CHECKING:
     )
     from sparselora.models import ArchSpec, register_architecture, resolve_model
     from sparselora.run_folder.layout import read_run
-    from sparselora.sparse.config import SparseLoRAConfig
     from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora
+    from sparselora.sparse.settings import SparseLoRAConfig
     from sparselora.training.inputs import load_inputs
     from sparselora.training.loop import train
 

@@ -25,7 +25,7 @@ from transformers import PretrainedConfig
 
 from sparselora.models import ArchSpec
 from sparselora.models.loading import Head, head_for
-from sparselora.sparse.config import kept_channels
+from sparselora.sparse.settings import kept_channels
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
-class TrainingSetup:
+class FlopsSetup:
     """What is trained and what is sparse. ``lora_ranks`` maps layer → rank (absent: no adapter)."""
 
     seq_len: int
@@ -128,7 +128,7 @@ def kept_head_dims(shape: ModelShape, sparsity: float) -> int:
     return kept + kept % 2 if shape.rotary else kept
 
 
-def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
+def count_flops(shape: ModelShape, setup: FlopsSetup) -> FlopsReport:
     """Per-token FLOPs of every layer and the head for ``setup`` on a model of ``shape``."""
     projections = shape.projections()
     first_grad_layer = 0 if setup.full_finetune else min(setup.lora_ranks, default=shape.layers)
@@ -193,7 +193,7 @@ def count_flops(shape: ModelShape, setup: TrainingSetup) -> FlopsReport:
     return FlopsReport(layers=layers, head=_head_flops(shape, setup))
 
 
-def _attention_backward(setup: TrainingSetup, layer: int, first_grad_layer: int, qk: float, av: float) -> float:
+def _attention_backward(setup: FlopsSetup, layer: int, first_grad_layer: int, qk: float, av: float) -> float:
     """Each operand's gradient costs one forward product, and only operands that need it get one.
 
     Above the first trainable layer Q, K and V all depend on trainable weights; in that layer only
@@ -208,7 +208,7 @@ def _attention_backward(setup: TrainingSetup, layer: int, first_grad_layer: int,
     return qk * (needs["q"] + needs["k"]) + av * (scores_need + needs["v"])
 
 
-def _head_flops(shape: ModelShape, setup: TrainingSetup) -> LayerFlops:
+def _head_flops(shape: ModelShape, setup: FlopsSetup) -> LayerFlops:
     head = LayerFlops()
     d = shape.hidden
     if setup.head == "sequence_classification":
@@ -223,7 +223,7 @@ def _head_flops(shape: ModelShape, setup: TrainingSetup) -> LayerFlops:
     return head
 
 
-def dense_counterpart(setup: TrainingSetup) -> TrainingSetup:
+def dense_counterpart(setup: FlopsSetup) -> FlopsSetup:
     """The same training with nothing sparse: what SparseLoRA's savings are measured against."""
     return replace(setup, ffn_sparsity=None, attn_sparsity=None)
 
@@ -251,9 +251,9 @@ def run_flops_per_token(config: dict[str, Any], metrics: dict[str, Any]) -> floa
 
 @functools.cache
 def _model_shape(model: str) -> tuple[ModelShape, ArchSpec]:
-    from sparselora.models import get_arch, load_config, resolve_model
+    from sparselora.models import get_arch, load_model_config, resolve_model
 
-    model_config = load_config(resolve_model(model))
+    model_config = load_model_config(resolve_model(model))
     arch = get_arch(model_config.model_type)
     return ModelShape.from_config(model_config, arch), arch
 
@@ -285,7 +285,7 @@ def uniform_lora(rank_key: str = "lora_r") -> Callable[[dict[str, Any], int, dic
 
 def setup_from_run_config(
     config: dict[str, Any], shape: ModelShape, arch: ArchSpec, method_report: dict[str, Any]
-) -> TrainingSetup:
+) -> FlopsSetup:
     """The FLOPs view of a run config: which layers have which rank, what is sparse (the method says)."""
     from sparselora.methods import get_method
 
@@ -297,7 +297,7 @@ def setup_from_run_config(
         "lora_roles": _roles(config.get("target_modules"), arch),
         **method_setup(config, shape.layers, method_report),
     }
-    return TrainingSetup(**setup)
+    return FlopsSetup(**setup)
 
 
 def _head_kind(config: dict[str, Any], arch: ArchSpec) -> Head:

@@ -21,7 +21,7 @@ def build_lora_fa(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     for name, param in peft_model.named_parameters():
         if "lora_A" in name:
             param.requires_grad_(False)  # the random down-projection stays as initialised
-    return MethodSetup(model=peft_model, report=lambda: adapter_report(peft_model))
+    return MethodSetup(model=peft_model, measurements=lambda: adapter_report(peft_model))
 
 
 register(

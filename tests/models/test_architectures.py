@@ -23,8 +23,8 @@ from sparselora.models import (
     register_architecture,
     target_module_names,
 )
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 
 TINY = {
     "bert": BertConfig(

@@ -10,8 +10,8 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 from sparselora.sparse.tokens import TokenSplit
 from tests.sparse.models import WIDE, _batch, _peft_model
 from tests.sparse.test_exactness import SIZES

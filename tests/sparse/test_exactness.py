@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sparselora.models import get_arch
 from sparselora.models.architectures import supported_model_types
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import FFN_REFUSED, UnsupportedModelError, apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 
 SIZES = {  # each family's own names for the sizes of a 2-layer, 32-wide model
     "bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64},

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 from tests.sparse.models import TARGETS, _batch, _peft_model
 
 
@@ -117,4 +117,4 @@ def test_running_mean_is_tracked_on_dense_training_steps_only(tmp_path):
     torch.testing.assert_close(means[0], seen[0].mean(0))  # first dense batch: its own mean
     torch.testing.assert_close(means[1], 0.9 * seen[0].mean(0) + 0.1 * seen[1].mean(0))  # BatchNorm-style update
     assert block.keep is not None and torch.equal(means[2], means[1])  # sparse step: mean left alone
-    assert engine.report()["mean_compensation"] is True
+    assert engine.measurements()["mean_compensation"] is True

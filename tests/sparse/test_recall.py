@@ -2,8 +2,8 @@
 
 import pytest
 
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 from tests.sparse.models import _batch, _peft_model
 
 

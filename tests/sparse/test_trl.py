@@ -6,8 +6,8 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 
 trl = pytest.importorskip("trl")
 

@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sparselora.config import ConfigError, build_config
-from sparselora.sparse.config import SparseLoRAConfig
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig
 from sparselora.training.loop import train
 from sparselora.training.precision import parse_device, resolve_precision
 from tests.helpers import tiny_run

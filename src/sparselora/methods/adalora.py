@@ -92,7 +92,7 @@ def build_adalora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         ranks = current_ranks(peft_model)
         return {"ranks": ranks, "rank_total": sum(ranks.values()), "rank_budget": options.target_r * len(ranks)}
 
-    return MethodSetup(model=peft_model, callbacks=[RankReallocation(peft_model, options)], report=report)
+    return MethodSetup(model=peft_model, callbacks=[RankReallocation(peft_model, options)], measurements=report)
 
 
 register(

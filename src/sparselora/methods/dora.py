@@ -12,7 +12,7 @@ from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, r
 def build_dora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     options: LoraOptions = ctx.config.method_options  # type: ignore[assignment]
     peft_model = get_peft_model(model, lora_config(model, options, ctx, use_dora=True))
-    return MethodSetup(model=peft_model, report=lambda: adapter_report(peft_model))
+    return MethodSetup(model=peft_model, measurements=lambda: adapter_report(peft_model))
 
 
 register(

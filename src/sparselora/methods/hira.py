@@ -43,7 +43,7 @@ def build_hira(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         **adapter_placement(model, options, ctx, "hira_r"),
     )
     peft_model = peft.get_peft_model(model, config)
-    return MethodSetup(model=peft_model, report=lambda: {"adapter_params": _hira_params(peft_model)})
+    return MethodSetup(model=peft_model, measurements=lambda: {"adapter_params": _hira_params(peft_model)})
 
 
 def _hira_params(model) -> int:

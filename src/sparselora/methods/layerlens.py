@@ -132,7 +132,7 @@ def build_layerlens(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     def write_artifacts(run_dir: Path) -> None:
         write_lens_outputs(scores, ranks, budget, run_dir, title=f"LayerLens: {ctx.config.model} / {ctx.config.task}")
 
-    return MethodSetup(model=peft_model, report=report, write_artifacts=write_artifacts)
+    return MethodSetup(model=peft_model, measurements=report, write_artifacts=write_artifacts)
 
 
 def _is_target(name: str, config: LoraConfig) -> bool:

@@ -136,7 +136,7 @@ def lora_config(model: PreTrainedModel, options: LoraOptions, ctx: BuildContext,
 def build_lora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     options: LoraOptions = ctx.config.method_options  # type: ignore[assignment]
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
-    return MethodSetup(model=peft_model, report=lambda: adapter_report(peft_model))
+    return MethodSetup(model=peft_model, measurements=lambda: adapter_report(peft_model))
 
 
 LORA_CITATION = "Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022."

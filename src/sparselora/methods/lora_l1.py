@@ -45,7 +45,7 @@ def build_lora_l1(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     return MethodSetup(
         model=peft_model,
         callbacks=[ProximalL1(peft_model, options.l1_lambda)],
-        report=lambda: adapter_report(peft_model),
+        measurements=lambda: adapter_report(peft_model),
     )
 
 

@@ -220,7 +220,7 @@ def build_lora_prune(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     return MethodSetup(
         model=peft_model,
         callbacks=[AdapterPruning(peft_model, options, seed=ctx.config.seed)],
-        report=lambda: adapter_report(peft_model),
+        measurements=lambda: adapter_report(peft_model),
     )
 
 

@@ -85,7 +85,7 @@ def build_qlora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
-    return MethodSetup(model=peft_model, report=lambda: {**adapter_report(peft_model), **quantized_report(model)})
+    return MethodSetup(model=peft_model, measurements=lambda: {**adapter_report(peft_model), **quantized_report(model)})
 
 
 def quantized_report(model: PreTrainedModel) -> dict[str, Any]:

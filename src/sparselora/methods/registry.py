@@ -54,7 +54,7 @@ class MethodSetup:
     model: nn.Module
     callbacks: list[TrainerCallback] = field(default_factory=list)
     # method-specific measurements for metrics.json (e.g. SparseLoRA's kept FFN fraction)
-    report: Callable[[], dict[str, Any]] | None = None
+    measurements: Callable[[], dict[str, Any]] | None = None
     # extra files for the run folder (e.g. LayerLens' layer scores and plot), given the folder
     write_artifacts: Callable[[Path], None] | None = None
 
@@ -70,7 +70,7 @@ class MethodSpec:
     load_kwargs: Callable[[Any, torch.dtype], dict[str, Any]] | None = None
     # adjusts the loaded base model before anything runs on it (QLoRA: keep one 4-bit kernel), also on reload
     prepare_base: Callable[[PreTrainedModel], None] | None = None
-    # the FLOPs calculator's view of a run: TrainingSetup fields (lora_ranks, full_finetune, sparsity), given
+    # the FLOPs calculator's view of a run: FlopsSetup fields (lora_ranks, full_finetune, sparsity), given
     # the flat run config, the model's layer count and the run's method report; default: LoRA at `lora_r`
     flops_setup: Callable[[dict[str, Any], int, dict[str, Any]], dict[str, Any]] | None = None
     # why `sparselora export --merge` cannot turn this method's adapter into a plain model (None: it can)

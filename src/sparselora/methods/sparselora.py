@@ -17,8 +17,8 @@ from transformers import PreTrainedModel
 from sparselora.flops import uniform_lora
 from sparselora.methods.lora import LORA_CITATION, LoraOptions, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
-from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.settings import SparseLoRAConfig, layer_schedule
 
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
@@ -46,7 +46,7 @@ def build_sparselora(model: PreTrainedModel, ctx: BuildContext) -> MethodSetup:
     peft_model = get_peft_model(model, lora_config(model, options, ctx))
     sparse_config = sparse_config_of(options)
     engine = apply_sparselora(peft_model, sparse_config, model_name=ctx.config.model, progress=ctx.config.progress)
-    return MethodSetup(model=peft_model, callbacks=[engine.callback()], report=engine.report)
+    return MethodSetup(model=peft_model, callbacks=[engine.callback()], measurements=engine.measurements)
 
 
 def sparse_evaluation(model: nn.Module, config: RunConfig, batches: Callable[[int], list[dict]]) -> None:

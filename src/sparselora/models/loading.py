@@ -140,7 +140,7 @@ def hub_id(source: ModelSource) -> str:
     return ALIAS_HUB_IDS.get(source.name, source.name)
 
 
-def load_config(source: ModelSource) -> PretrainedConfig:
+def load_model_config(source: ModelSource) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(
             source.path, gguf_file=source.gguf_file, trust_remote_code=source.trust_remote_code

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sparselora.sparse.config import Predictor, kept_channels
 from sparselora.sparse.ffn import columns_forward, linear_parts, predicted_projection, rows_forward, transposed
+from sparselora.sparse.settings import Predictor, kept_channels
 from sparselora.sparse.svd import LowRank
 from sparselora.sparse.tokens import TokenSplit
 

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparselora.sparse.config import BackwardRule, kept_channels
 from sparselora.sparse.ffn import linear_parts, transposed
+from sparselora.sparse.settings import BackwardRule, kept_channels
 from sparselora.sparse.svd import LowRank, low_rank
 
 

@@ -30,8 +30,8 @@ from transformers import PretrainedConfig, TrainerCallback
 from sparselora.models import ArchSpec, get_arch, iter_projections, num_layers
 from sparselora.sparse.attention import SparseAttention
 from sparselora.sparse.backward import BackwardSparseAttention, BackwardSparseFFN
-from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.ffn import SparseFFN, activation_of
+from sparselora.sparse.settings import SparseLoRAConfig, layer_schedule
 from sparselora.sparse.svd import LowRank, default_cache_path, factor_for, get_factors, weights_dtype
 from sparselora.sparse.tokens import TokenSplit
 
@@ -179,7 +179,7 @@ class SparseLoRAEngine:
         """The realised sparsity of the step about to run (metrics.json's summary and the Trainer's logs)."""
         self.realised.append((self.kept_fraction(), self.attention_kept_fraction()))
 
-    def report(self) -> dict:
+    def measurements(self) -> dict:
         """What metrics.json records for a SparseLoRA run: the configuration and what the steps realised."""
         steps = len(self.realised)
         return {

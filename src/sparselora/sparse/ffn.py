@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from sparselora.sparse.config import FFNScoreInput, Predictor, kept_channels
+from sparselora.sparse.settings import FFNScoreInput, Predictor, kept_channels
 from sparselora.sparse.svd import LowRank
 
 

@@ -16,8 +16,8 @@ from typing import get_args
 import torch
 from torch import nn
 
-from sparselora.sparse.config import Predictor
 from sparselora.sparse.engine import SparseLoRAEngine
+from sparselora.sparse.settings import Predictor
 
 
 def final_hidden(model: nn.Module, batches: list[dict]) -> list[torch.Tensor]:

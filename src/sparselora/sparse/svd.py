@@ -153,10 +153,10 @@ def build_model_cache(
     """The factors of a model named by alias, folder or Hub id, built or loaded, and the cache file's path."""
     from transformers import AutoModel
 
-    from sparselora.models import get_arch, load_config, resolve_model
+    from sparselora.models import get_arch, load_model_config, resolve_model
 
     source = resolve_model(model)
-    spec = get_arch(load_config(source).model_type)
+    spec = get_arch(load_model_config(source).model_type)
     weights = AutoModel.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)  # no head needed
     path = out or default_cache_path(model, rank)
     factors, stats = get_factors(weights, spec, rank, path, force=force)

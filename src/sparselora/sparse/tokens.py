@@ -11,7 +11,7 @@ from functools import cached_property
 
 import torch
 
-from sparselora.sparse.config import DenseSpan
+from sparselora.sparse.settings import DenseSpan
 
 
 @dataclass(frozen=True)

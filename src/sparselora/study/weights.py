@@ -43,9 +43,9 @@ class WeightsPlan:
 
 def run_config_for(model: str, plan: WeightsPlan) -> dict:
     """A SparseLoRA run config on the model's natural task: SST-2 for encoders, WikiText-2 for decoders."""
-    from sparselora.models import is_decoder, load_config, resolve_model
+    from sparselora.models import is_decoder, load_model_config, resolve_model
 
-    decoder = is_decoder(load_config(resolve_model(model)))
+    decoder = is_decoder(load_model_config(resolve_model(model)))
     data = {"task": "wikitext2", "batch_size": 4, "max_length": 256} if decoder else {"task": "sst2", "batch_size": 32}
     return {
         "model": model,

@@ -20,7 +20,7 @@ from sparselora.models import (
     ModelSource,
     find_arch,
     is_decoder,
-    load_config,
+    load_model_config,
     load_model,
     load_tokenizer,
     resolve_model,
@@ -109,7 +109,7 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
     device = device or training_device()
     precision = resolve_precision(config.precision, device)
     source = resolve_model(config.model, config.trust_remote_code)
-    model_config = load_config(source)
+    model_config = load_model_config(source)
     try:
         task = get_task(config.task)
     except KeyError as err:

@@ -338,7 +338,7 @@ def _train_method(
     model = trainer.model
     eval_result = run_evaluation(model, inputs)
     trainer.log({f"final/{name}": value for name, value in eval_result.metrics.items()})  # to the trackers too
-    method_report = setup.report() if setup.report else {}
+    method_report = setup.measurements() if setup.measurements else {}
     metrics = assemble_metrics(inputs, eval_result, trainer, timer, memory, wall_s, method_report)
     metrics["train"]["resumed_from_step"] = resumed_from_step
     model.save_pretrained(work)

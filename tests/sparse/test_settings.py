@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparselora.sparse.config import SparseLoRAConfig, layer_schedule
+from sparselora.sparse.settings import SparseLoRAConfig, layer_schedule
 
 
 def test_layer_schedule_forms_and_errors():
