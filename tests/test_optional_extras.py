@@ -34,7 +34,7 @@ def test_a_lora_run_trains_without_the_extras(tiny_bert_dir, data_env, tmp_path)
 @pytest.mark.parametrize(
     ("code", "extra"),
     [
-        ("from sparselora.report.plots import plt", "sparselora[plots]"),
+        ("from sparselora.files.figures import plt", "sparselora[plots]"),
         ("from sparselora.methods.qlora import require_bitsandbytes; require_bitsandbytes()", "sparselora[qlora]"),
         ("from sparselora.models.loading import require_gguf; require_gguf()", "sparselora[gguf]"),
     ],

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sparselora.files.paths import check_folder_name
 from sparselora.files.yaml_input import YamlInputError, load_yaml
 from sparselora.methods.registry import MethodOptions, get_method, method_names
-from sparselora.training.precision import Precision
-from sparselora.training.trainer_args import apply_aliases, check_training_args, trainer_fields
+from sparselora.trainer_args import apply_aliases, check_training_args, trainer_fields
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # training/precision.py resolves "auto"
 MetricName = Literal[  # what evaluation/metrics.py computes
     "accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman", "perplexity", "exact_match"
 ]

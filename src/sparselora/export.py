@@ -19,8 +19,8 @@ from sparselora.files.paths import check_writable_folder
 from sparselora.files.staging import staged_folder
 from sparselora.methods import get_method
 from sparselora.models import ModelSource, load_model, load_tokenizer, resolve_model
-from sparselora.report.model_card import card_base_model
 from sparselora.run_folder.layout import is_run_folder
+from sparselora.run_folder.model_card import card_base_model
 
 
 class CannotMergeError(ValueError):

@@ -162,7 +162,7 @@ def test_the_method_trains_in_backward_mode(tiny_bert_dir, data_env, tmp_path):
 
 def test_the_analysis_commands_refuse_the_backward_mode(tiny_bert_dir, data_env, tmp_path):
     from sparselora.config import build_config
-    from sparselora.sparse.session import open_session
+    from sparselora.training.sparse_session import open_session
     from tests.helpers import tiny_run
 
     config = build_config(tiny_run(tiny_bert_dir, tmp_path, method="sparselora", sparse_pass="backward"))

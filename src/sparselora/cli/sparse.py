@@ -42,7 +42,7 @@ app.add_typer(sparse_app, name="sparse")
 def _sparse_session(config: Path, overrides: list[str] | None, batches: int):
     """A sparselora config's model with SparseLoRA attached and calibrated, plus real batches."""
     from sparselora.config import load_config
-    from sparselora.sparse.session import open_session
+    from sparselora.training.sparse_session import open_session
 
     return open_session(load_config(config, [*(overrides or []), "progress=false"]), batches)
 

@@ -150,9 +150,22 @@ def layerlens_flops(config: dict[str, Any], layers: int, method_report: dict[str
     return uniform_lora()(config, layers, method_report)
 
 
-def write_lens_outputs(scores: LayerScores, ranks: dict[int, int], budget: int, folder: Path, title: str) -> None:
-    from sparselora.report.plots import plot_layer_scores
+def plot_layer_scores(scores: list[float], ranks: dict[int, int], title: str, path_stem: Path) -> list[Path]:
+    """Bar per layer; layers that got an adapter are coloured and labelled with their rank."""
+    from sparselora.files.figures import plt, save_figure  # matplotlib: the plots extra
 
+    figure, axis = plt.subplots(figsize=(max(5, 0.35 * len(scores) + 2), 3.5))
+    colours = ["tab:blue" if layer in ranks else "lightgrey" for layer in range(len(scores))]
+    bars = axis.bar(range(len(scores)), scores, color=colours)
+    for layer, rank in ranks.items():
+        axis.annotate(f"r={rank}", (layer, bars[layer].get_height()), ha="center", va="bottom", fontsize=8)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("importance (probe-adapter Fisher)")
+    axis.set_title(title)
+    return save_figure(figure, path_stem)
+
+
+def write_lens_outputs(scores: LayerScores, ranks: dict[int, int], budget: int, folder: Path, title: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {**scores.to_dict(), "ranks": ranks, "budget_params": budget}
     atomic_write_json(folder / SCORES_FILE, payload)

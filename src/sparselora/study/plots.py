@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sparselora.report.plots import plt, save_figure
+from sparselora.files.figures import plt, save_figure
 
 _COLOURS = {"svd": "tab:blue", "random": "tab:orange", "magnitude": "tab:green", "input_magnitude": "tab:green"}
 

@@ -153,7 +153,7 @@ def analyse_ffn_batch(block, x: torch.Tensor, h: torch.Tensor, draws: int, gener
 
 def predictor_rows(model_name: str, plan: WeightsPlan, progress: bool) -> tuple[list[dict], list[dict], dict]:
     """Attach SparseLoRA to a model on real data and measure every FFN block on the analysis batches."""
-    from sparselora.sparse.session import open_session
+    from sparselora.training.sparse_session import open_session
 
     config = build_config(run_config_for(model_name, plan))
     session = open_session(config, plan.calibration_batches + plan.analysis_batches)

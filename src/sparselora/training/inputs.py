@@ -20,8 +20,8 @@ from sparselora.models import (
     ModelSource,
     find_arch,
     is_decoder,
-    load_model_config,
     load_model,
+    load_model_config,
     load_tokenizer,
     resolve_model,
 )

@@ -29,7 +29,6 @@ from sparselora.files.disk import disk_full_error, is_disk_full
 from sparselora.files.locks import exclusive_lock
 from sparselora.files.paths import check_writable_folder
 from sparselora.methods import MethodSetup
-from sparselora.report.model_card import write_model_card
 from sparselora.run_folder.layout import (
     CHECKPOINTS_DIR,
     METRICS_FILE,
@@ -43,6 +42,7 @@ from sparselora.run_folder.layout import (
     write_config,
     write_status,
 )
+from sparselora.run_folder.model_card import write_model_card
 from sparselora.run_folder.resume import checkpoint_step, last_checkpoint, prepare_work_folder
 from sparselora.training.environment import describe_environment
 from sparselora.training.inputs import RunInputs, load_inputs

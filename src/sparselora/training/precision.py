@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from sparselora.config import Precision
+
 Resolved = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -6,7 +6,7 @@ import yaml
 
 from sparselora.methods import get_method
 from sparselora.methods.lora import LORA_CITATION
-from sparselora.report.model_card import _adapter_section
+from sparselora.run_folder.model_card import _adapter_section
 
 
 def test_a_methods_card_rows_replace_loras(tmp_path):
@@ -55,7 +55,7 @@ def test_the_hub_reads_the_cards_metadata_and_results(tiny_bert_dir, data_env, t
 
 def test_the_base_models_licence_comes_from_its_card():
     from sparselora.models import resolve_model
-    from sparselora.report.model_card import base_card_metadata
+    from sparselora.run_folder.model_card import base_card_metadata
 
     assert base_card_metadata(resolve_model("minilm")) == {"license": "apache-2.0", "language": "en"}
 
@@ -78,7 +78,7 @@ def test_a_file_task_names_no_hub_dataset(tiny_bert_dir, tmp_path):
 
 def test_the_base_model_is_a_hub_id_or_nothing(tmp_path):
     from sparselora.models import ModelSource
-    from sparselora.report.model_card import card_base_model
+    from sparselora.run_folder.model_card import card_base_model
 
     folder = tmp_path / "copied"
     folder.mkdir()
