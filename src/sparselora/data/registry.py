@@ -11,7 +11,8 @@ from datasets import Dataset
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
 
-TaskKind = Literal["classification", "language_modeling", "generation", "sft"]
+TaskKind = Literal["classification", "regression", "language_modeling", "generation", "sft"]  # regression:
+# a classification task with `problem_type: regression` (a one-output head, MSE), evaluated as such
 
 
 @dataclass

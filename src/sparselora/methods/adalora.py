@@ -14,16 +14,14 @@ from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
 from sparselora.flops import uniform_lora
-from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_placement
-from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
+from sparselora.methods.adapter_options import ScaledAdapterOptions
+from sparselora.methods.lora import LORA_CITATION, adapter_placement
+from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 _PLACEHOLDER_TOTAL_STEPS = 1_000  # replaced by the real step count when training starts
 
 
-class AdaLoraOptions(MethodOptions):
-    lora_alpha: float = LoraOptions.model_fields["lora_alpha"]
-    lora_dropout: float = LoraOptions.model_fields["lora_dropout"]
-    target_modules: list[str] | str | None = LoraOptions.model_fields["target_modules"]
+class AdaLoraOptions(ScaledAdapterOptions):
     init_r: int = Field(12, gt=0, description="Rank every adapter starts with.")
     target_r: int = Field(8, gt=0, description="Average rank left after budget reallocation.")
     warmup_ratio_adalora: float = Field(0.1, ge=0, lt=1, description="Fraction of steps before ranks start to move.")

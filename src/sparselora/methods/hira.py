@@ -10,18 +10,18 @@ from pydantic import Field
 from transformers import PreTrainedModel
 
 from sparselora.flops import uniform_lora
-from sparselora.methods.lora import LoraOptions, adapter_placement
-from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
+from sparselora.methods.adapter_options import TargetedOptions
+from sparselora.methods.lora import adapter_placement
+from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 
 
 class MissingHiraError(ImportError):
     """The installed PEFT has no HiRA."""
 
 
-class HiraOptions(MethodOptions):
+class HiraOptions(TargetedOptions):
     hira_r: int = Field(32, gt=0, description="Rank r of the B·A factor multiplied element-wise with W₀.")
     hira_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the HiRA branch input.")
-    target_modules: list[str] | str | None = LoraOptions.model_fields["target_modules"]
 
 
 def hira_config_class() -> type:

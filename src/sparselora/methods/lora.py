@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from sparselora.methods.registry import BuildContext, MethodOptions, MethodSetup, MethodSpec, register
+from sparselora.methods.adapter_options import ScaledAdapterOptions, TargetedOptions
+from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 from sparselora.models import UnknownArchitectureError, target_module_names
 
 PEFT_TASK_TYPES = {
@@ -20,24 +21,8 @@ PEFT_TASK_TYPES = {
 }
 
 
-class LoraOptions(MethodOptions):
+class LoraOptions(ScaledAdapterOptions):
     lora_r: int = Field(8, gt=0, description="LoRA rank r.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch input.")
-    target_modules: list[str] | str | None = Field(
-        None,
-        description="Modules that get adapters; default: attention query and value from the architecture map. "
-        "'all-linear' is accepted as in PEFT; a single name is a one-item list.",
-    )
-
-    @field_validator("target_modules")
-    @classmethod
-    def _names(cls, value: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(value, str) and value != "all-linear":
-            return [value]  # `target_modules: query` means the module `query`, as a user reads it
-        if isinstance(value, list) and not value:
-            raise ValueError("an empty list targets nothing: name at least one module, or omit the key")
-        return value
 
 
 class TargetModuleError(ValueError):
@@ -106,7 +91,7 @@ def check_rank(model: PreTrainedModel, targets: list[str] | str, rank: int, key:
             )
 
 
-def adapter_placement(model: PreTrainedModel, options: MethodOptions, ctx: BuildContext, rank_key: str) -> dict:
+def adapter_placement(model: PreTrainedModel, options: TargetedOptions, ctx: BuildContext, rank_key: str) -> dict:
     """The PEFT config fields every adapter method shares: where adapters go and what else is saved.
 
     ``rank_key`` names the option holding the adapter rank, checked against the targeted projections.

@@ -164,16 +164,6 @@ def apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         weight.mul_(mask)
 
 
-class HoldMasks(TrainerCallback):
-    """Keep a fixed pruning mask through training: re-applied after every optimiser step."""
-
-    def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor]):
-        self.weights, self.masks = weights, masks
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        apply_masks(self.weights, self.masks)
-
-
 class AdapterPruning(TrainerCallback):
     def __init__(self, model: nn.Module, options: LoraPruneOptions, seed: int = 0):
         self.model = model

@@ -19,12 +19,24 @@ from typing import Any
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from sparselora.config import build_config
 from sparselora.files.atomic import atomic_write_csv
+from sparselora.methods.lora_prune import apply_masks
 from sparselora.study.stats import against_distribution
 
 TARGETS = {"attn_qv": ("q", "v"), "ffn": ("up", "down")}
+
+
+class HoldMasks(TrainerCallback):
+    """Keep a fixed pruning mask through training: re-applied after every optimiser step."""
+
+    def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor]):
+        self.weights, self.masks = weights, masks
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        apply_masks(self.weights, self.masks)
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,6 @@ class PrunableAdapter:
         recovery runs), at 0.3 × the run's learning rate, constant; returns the median ms/step."""
         from transformers import PrinterCallback, Trainer, TrainingArguments
 
-        from sparselora.methods.lora_prune import HoldMasks
         from sparselora.training.measure import StepTimer
 
         for name, param in self.model.named_parameters():

@@ -36,6 +36,7 @@ class RunInputs:
     tokenizer: PreTrainedTokenizerBase
     task: TaskSpec
     kind: TaskKind  # the task's, or for your own files what the data holds
+    evaluation_kind: TaskKind  # what evaluation measures: `kind`, or regression under problem_type regression
     head: Head
     causal: bool
     arch: ArchSpec | None
@@ -124,7 +125,8 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
     tokenizer = load_tokenizer(source)
     raw = task.load(config)
     kind = raw.kind or task.kind  # your own files: what their columns hold (data/sft.py)
-    metrics = metric_names("regression" if regression else kind, config.metrics)
+    evaluation_kind = "regression" if regression else kind
+    metrics = metric_names(evaluation_kind, config.metrics)
     head = head_for(kind, is_decoder(model_config), config.model)
     data = prepare(
         kind,
@@ -148,6 +150,7 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         causal=head == "causal_lm",
         arch=find_arch(model_config.model_type),
         kind=kind,
+        evaluation_kind=evaluation_kind,
         num_labels=(1 if regression else len(raw.label_names)) if kind == "classification" else None,
         label_names=raw.label_names,
         data=data,

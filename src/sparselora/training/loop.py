@@ -118,7 +118,7 @@ def run_evaluation(model, inputs: RunInputs) -> EvalResult:
         return evaluate(
             model,
             inputs.data,
-            kind="regression" if config.problem_type == "regression" else inputs.kind,
+            kind=inputs.evaluation_kind,
             causal=inputs.causal,
             num_labels=inputs.num_labels,
             batch_size=config.eval_batch_size,
