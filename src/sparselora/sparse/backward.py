@@ -19,7 +19,7 @@ carries the gradient past every block exactly), so here it is computed for a sub
   LoRA branches and the output projection keep theirs.
 
 When no adapter sits on the FFN's projections (LoRA on attention only, the usual decoder setting), the
-whole up → activation → down block has one backward (:class:`_KeptChannelsFFNBackward`) that touches
+whole up → activation → down block has one backward (:class:`KeptChannelsFFNBackward`) that touches
 the kept channels only: ``dh_k = dy·W_down[:, k]``, ``dz_k = dh_k ⊙ act'(z_k)`` (gated: both branches),
 ``dx = dz_k·W_up[k]`` (+ ``dg_k·W_gate[k]``). The projections' outputs are then computed without a graph,
 so the activation's backward never runs over the full width and no full-width gradient is allocated; it
@@ -42,168 +42,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from sparselora.sparse.backward_kernels import (
+    ColumnsInputGrad,
+    Kept,
+    KeptChannelsFFNBackward,
+    KeptPlan,
+    RowsInputGrad,
+    activation_backward,
+    derivative,
+)
 from sparselora.sparse.ffn import linear_parts, transposed
 from sparselora.sparse.settings import BackwardRule, kept_channels
 from sparselora.sparse.svd import LowRank, low_rank
-
-
-@dataclass
-class _Kept:
-    """The kept channels of one forward, filled by the down projection, read by the backward of all three.
-
-    The ``gradient`` rule leaves ``channels`` empty in the forward and ``choose`` fills them from the down
-    projection's output gradient, before the up (and gate) backward runs.
-    """
-
-    channels: torch.Tensor | None = None
-    scale: float = 1.0
-    choose: Callable[[torch.Tensor], torch.Tensor] | None = None
-    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # gradient rule: pre-activations, sampled tokens
-
-
-class _ColumnsInputGrad(torch.autograd.Function):
-    """``h·Wᵀ + b`` exactly; backward ``dh[..., kept] = scale · dy·W[:, kept]``, zero elsewhere."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, kept: _Kept):
-        ctx.save_for_backward(weight)
-        ctx.kept, ctx.shape = kept, h.shape
-        return F.linear(h, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (weight,) = ctx.saved_tensors
-        kept = ctx.kept
-        if kept.channels is None:  # the gradient rule chooses now, from the gradient
-            kept.channels = kept.choose(grad_out)
-        grad_h = grad_out.new_zeros(ctx.shape)
-        part = grad_out @ weight.index_select(1, kept.channels).to(grad_out.dtype)
-        grad_h.index_copy_(grad_h.dim() - 1, kept.channels, part * kept.scale if kept.scale != 1.0 else part)
-        return grad_h, None, None, None
-
-
-class _RowsInputGrad(torch.autograd.Function):
-    """``x·Wᵀ + b`` exactly; backward ``dx = dy[..., kept]·W[kept]`` (dy is zero outside the kept channels)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, kept: _Kept):
-        ctx.save_for_backward(weight)
-        ctx.kept = kept
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (weight,) = ctx.saved_tensors
-        channels = ctx.kept.channels
-        grad_x = grad_out.index_select(-1, channels) @ weight.index_select(0, channels).to(grad_out.dtype)
-        return grad_x, None, None, None
-
-
-def _derivative(
-    activation: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, step: float = 1e-3
-) -> torch.Tensor:
-    """An elementwise activation's derivative by central differences: any activation, and no autograd call
-    inside the backward (nested autograd breaks under FlopCounterMode and other autograd hooks)."""
-    return (activation(z + step) - activation(z - step)) / (2 * step)
-
-
-def activation_backward(activation: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """``(grad, z) ↦ grad ⊙ act'(z)`` with the kernel autograd itself uses, in the inputs' dtype; None for an
-    activation without one (the block then keeps the per-projection backward)."""
-    name = type(activation).__name__
-    if name in ("SiLUActivation", "SiLU"):
-        return torch.ops.aten.silu_backward
-    if name == "GELUActivation" and getattr(activation, "act", None) is F.gelu:
-        return lambda grad, z: torch.ops.aten.gelu_backward(grad, z, approximate="none")
-    if name in ("GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation"):
-        return lambda grad, z: torch.ops.aten.gelu_backward(grad, z, approximate="tanh")
-    if name == "ReLU":
-        return lambda grad, z: grad * (z > 0)
-    return None
-
-
-@dataclass
-class _KeptPlan:
-    """What the block's backward needs besides its saved pre-activations: weights, channels, activation."""
-
-    up_weight: torch.Tensor
-    gate_weight: torch.Tensor | None
-    down_weight: torch.Tensor
-    down_bias: torch.Tensor | None
-    down_weight_t: torch.Tensor  # W_downᵀ, contiguous: W_down[:, k] is its row gather
-    activation: nn.Module
-    activation_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    channels: torch.Tensor | None  # None: chosen in the backward (gradient rule) by ``choose``
-    scale: float = 1.0
-    choose: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor] | None = None
-    residual: dict[str, LowRank] | None = None  # rank-r factors of up/gate/down: the skipped channels' gradient
-
-
-class _KeptChannelsFFNBackward(torch.autograd.Function):
-    """``h·W_downᵀ + b`` exactly, where ``h = act(z_up)`` (or ``act(z_gate) ⊙ z_up``) was computed from ``x``
-    without a graph; backward: the FFN's input gradient ``dx`` through the kept channels only."""
-
-    @staticmethod
-    def forward(ctx, h, x, up_pre, gate_pre, plan: _KeptPlan):
-        out = F.linear(h, plan.down_weight, plan.down_bias)
-        pre = [up_pre] if gate_pre is None else [up_pre, gate_pre]
-        if plan.channels is not None and plan.residual is None:  # known now: save only the kept columns
-            pre = [z.index_select(-1, plan.channels) for z in pre]
-        ctx.save_for_backward(*pre)
-        ctx.plan, ctx.x_shape = plan, x.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        plan = ctx.plan
-        grad = grad_out.reshape(-1, grad_out.shape[-1])
-        pre = [z.reshape(-1, z.shape[-1]) for z in ctx.saved_tensors]
-        if plan.channels is None:
-            plan.channels = plan.choose(grad, dict(zip(("up", "gate"), pre, strict=False)))
-            if plan.residual is None:
-                pre = [z.index_select(1, plan.channels) for z in pre]
-        kept, dtype = plan.channels, grad.dtype
-        grad_h = grad @ plan.down_weight_t.index_select(0, kept).to(dtype).T  # dy·W_down[:, k]
-        if plan.scale != 1.0:
-            grad_h = grad_h * plan.scale
-        if plan.residual is not None:
-            return None, _with_residual(plan, grad, grad_h, pre).view(ctx.x_shape), None, None, None
-        if plan.gate_weight is None:  # h = act(z)
-            grad_x = plan.activation_grad(grad_h, pre[0].to(dtype)) @ plan.up_weight.index_select(0, kept).to(dtype)
-        else:  # h = act(g) ⊙ u
-            up, gate = pre[0].to(dtype), pre[1].to(dtype)
-            grad_up = grad_h * plan.activation(gate)
-            grad_gate = plan.activation_grad(grad_h * up, gate)
-            grad_x = grad_up @ plan.up_weight.index_select(0, kept).to(dtype)
-            grad_x = grad_x + grad_gate @ plan.gate_weight.index_select(0, kept).to(dtype)
-        return None, grad_x.view(ctx.x_shape), None, None, None
-
-
-def _with_residual(plan: _KeptPlan, grad: torch.Tensor, grad_h_kept: torch.Tensor, pre: list[torch.Tensor]):
-    """The block's input gradient with the skipped channels through rank-r factors (``W ≈ bᵀ·aᵀ``).
-
-    ``dh = dy·W_down`` comes from the factors and is exact on the kept channels; ``dz = dh ⊙ act'`` over the
-    full width; ``dx = dz_k·W[k]`` exactly plus ``dz_s·W[s] ≈ (dz·bᵀ − dz_k·b[:, k]ᵀ)·aᵀ`` for up (and gate).
-    """
-    kept, dtype = plan.channels, grad.dtype
-    factors = {role: f.to(grad) for role, f in plan.residual.items()}
-    grad_h = (grad @ factors["down"].b.T) @ factors["down"].a.T
-    grad_h.index_copy_(1, kept, grad_h_kept)
-    if plan.gate_weight is None:  # h = act(z)
-        grad_z = {"up": plan.activation_grad(grad_h, pre[0].to(dtype))}
-    else:  # h = act(g) ⊙ u
-        up, gate = pre[0].to(dtype), pre[1].to(dtype)
-        grad_z = {"up": grad_h * plan.activation(gate), "gate": plan.activation_grad(grad_h * up, gate)}
-    weights = {"up": plan.up_weight, "gate": plan.gate_weight}
-    grad_x = 0
-    for role, dz in grad_z.items():
-        dz_kept, b = dz.index_select(1, kept), factors[role].b
-        skipped = dz @ b.T - dz_kept @ b.index_select(1, kept).T
-        grad_x = grad_x + dz_kept @ weights[role].index_select(0, kept).to(dtype) + skipped @ factors[role].a.T
-    return grad_x
 
 
 @dataclass
@@ -231,7 +83,7 @@ class BackwardSparseFFN:
     fuse: bool = True  # use the block's kept-channels-only backward where the block allows it
     fused: bool = False  # whether attach installed it
     residual_rank: int = 0  # > 0: the skipped channels' input gradient through rank-r factors (block backward)
-    _pending: _Kept | _BlockInputs | None = None
+    _pending: Kept | _BlockInputs | None = None
     _down_weight_t: torch.Tensor | None = None
     _activation_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     _column_norms: torch.Tensor | None = None
@@ -272,7 +124,7 @@ class BackwardSparseFFN:
         return torch.arange(0, tokens, max(1, tokens // self.estimator_tokens), device=device)[: self.estimator_tokens]
 
     @torch.no_grad()
-    def _gradient_choice(self, pending: _Kept) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _gradient_choice(self, pending: Kept) -> Callable[[torch.Tensor], torch.Tensor]:
         """Chooses, from the down projection's output gradient, the channels carrying most input gradient."""
 
         def choose(grad_out: torch.Tensor) -> torch.Tensor:
@@ -293,12 +145,12 @@ class BackwardSparseFFN:
         grad_h = grad[sample].float() @ weight.float()  # exact dL/dh on the sampled tokens
         samples = {role: (z if z.shape[0] == len(sample) else z[sample]).float() for role, z in samples.items()}
         if self.gate is None:  # h = act(z)
-            grads = {"up": grad_h * _derivative(self.activation, samples["up"])}
+            grads = {"up": grad_h * derivative(self.activation, samples["up"])}
         else:  # h = act(g) ⊙ u
             gate = samples["gate"]
             grads = {
                 "up": grad_h * self.activation(gate),
-                "gate": grad_h * samples["up"] * _derivative(self.activation, gate),
+                "gate": grad_h * samples["up"] * derivative(self.activation, gate),
             }
         scores = sum(grad.norm(dim=0) * self._row_norm(role) for role, grad in grads.items())
         self.keep = torch.topk(scores, self.num_kept, sorted=False).indices.sort().values
@@ -374,8 +226,8 @@ class BackwardSparseFFN:
             if args or kwargs or not self._active(engine, x):
                 return dense(x, *args, **kwargs)
             if self._pending is None or self._pending.channels is not None:
-                self._pending = _Kept()  # a new forward: up (and gate) run before down fills it
-            return _RowsInputGrad.apply(x, base.weight, base.bias, self._pending)
+                self._pending = Kept()  # a new forward: up (and gate) run before down fills it
+            return RowsInputGrad.apply(x, base.weight, base.bias, self._pending)
 
         return forward
 
@@ -391,7 +243,7 @@ class BackwardSparseFFN:
             else:
                 pending.channels = self.keep = self.select(h, engine.step)
                 pending.scale = self.width / self.num_kept if self.rule == "random" else 1.0
-            return _ColumnsInputGrad.apply(h, base.weight, base.bias, pending)
+            return ColumnsInputGrad.apply(h, base.weight, base.bias, pending)
 
         return forward
 
@@ -424,7 +276,7 @@ class BackwardSparseFFN:
                     f"SparseLoRA backward mode, layer {self.layer}: the FFN's down projection got an unexpected call"
                 )
             self._down_weight_t = transposed(base.weight, self._down_weight_t)
-            plan = _KeptPlan(
+            plan = KeptPlan(
                 up_weight=linear_parts(self.up)[0].weight,
                 gate_weight=linear_parts(self.gate)[0].weight if self.gate is not None else None,
                 down_weight=base.weight,
@@ -440,7 +292,7 @@ class BackwardSparseFFN:
             else:
                 self.keep = plan.channels
                 plan.scale = self.width / self.num_kept if self.rule == "random" else 1.0
-            return _KeptChannelsFFNBackward.apply(h, pending.x, pending.pre["up"], pending.pre.get("gate"), plan)
+            return KeptChannelsFFNBackward.apply(h, pending.x, pending.pre["up"], pending.pre.get("gate"), plan)
 
         return forward
 
