@@ -238,10 +238,11 @@ def repo_paths(doc: Path) -> set[str]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
         if not re.match(r"[a-z]+:", target)
     }
-    spans = re.findall(r"`([^`\s]+)`", text) + [word for c in bash_commands(doc) for word in c.words]
+    commands = bash_commands(doc)
+    spans = re.findall(r"`([^`\s]+)`", text) + [word for c in commands for word in c.words]
     names |= {span.rstrip(".,:") for span in spans if span.startswith(REPO_PREFIXES)}
-    names |= {part for command in bash_commands(doc) for part in file_parts(command.words)}
-    outputs = {path for c in bash_commands(doc) for path in output_values(c.words)}
+    names |= {part for command in commands for part in file_parts(command.words)}
+    outputs = {path for c in commands for path in output_values(c.words)}
     return {name for name in names - outputs if not re.search(r"[{}*<>]", name)}
 
 

@@ -18,9 +18,10 @@ from sparselora.files.atomic import atomic_write_text
 from sparselora.files.paths import check_writable_folder
 from sparselora.files.staging import staged_folder
 from sparselora.methods import get_method
-from sparselora.models import ModelSource, load_model, load_tokenizer, resolve_model
+from sparselora.models import ModelSource, load_tokenizer, resolve_model
 from sparselora.run_folder.layout import is_run_folder
 from sparselora.run_folder.model_card import card_base_model
+from sparselora.training.inputs import load_run_base
 
 
 class CannotMergeError(ValueError):
@@ -78,14 +79,8 @@ def merge_run(run_dir: Path, out: Path, dtype: str = "fp32") -> Path:
 
 def _merged_model(run_dir: Path, config, source: ModelSource, tokenizer, head: str, label_names: list[str]):
     """The base as the run loaded it (fp32, the run's head and labels), its adapter merged in."""
-    regression = config.problem_type == "regression"
-    num_labels = (1 if regression else len(label_names)) if head == "sequence_classification" else None
-    extra = {"dtype": torch.float32} | ({"problem_type": "regression"} if regression else {})
     with weights_that_fit(run_dir, config.model):
-        base, _ = load_model(source, head, tokenizer, num_labels, label_names, **extra)
-        method = get_method(config.method)
-        if method.prepare_base:
-            method.prepare_base(base)
+        base, _ = load_run_base(config, source, head, tokenizer, label_names, torch.float32)
         model = PeftModel.from_pretrained(base, run_dir)
     return model.merge_and_unload()
 

@@ -6,37 +6,19 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
 
-CONFIGS = {
-    "bert": BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
-    ),
-    "llama": LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        pad_token_id=0,
-    ),
-}
+
+def _configs(hidden: int) -> dict:
+    """A 2-layer BERT and LLaMA (GQA: 4 query heads over 2 key/value heads), FFN 4× the hidden width."""
+    shared = {"vocab_size": 100, "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return {
+        "bert": BertConfig(**shared, intermediate_size=4 * hidden),
+        "llama": LlamaConfig(**shared, num_key_value_heads=2, intermediate_size=4 * hidden, pad_token_id=0),
+    }
 
 
+CONFIGS = _configs(32)
 # Wider models for FLOPs checks: a rank-2 estimator is then ~3% of a 128-wide projection, as at real sizes.
-WIDE = {
-    "bert": BertConfig(
-        vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
-    ),
-    "llama": LlamaConfig(
-        vocab_size=100,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        pad_token_id=0,
-    ),
-}
+WIDE = _configs(128)
 
 
 TARGETS = {

@@ -263,6 +263,12 @@ class BackwardSparseFFN:
 
         return forward
 
+    def _residual_like(self, h: torch.Tensor) -> dict[str, LowRank] | None:
+        """The residual's factors on ``h``'s device and dtype, converted once (not in every backward)."""
+        if self._residual is not None:
+            self._residual = {role: factors.to(h) for role, factors in self._residual.items()}
+        return self._residual
+
     def _fused_down_forward_for(self, base: nn.Linear, engine):
         dense = type(base).forward.__get__(base)
         roles = ["up"] + (["gate"] if self.gate is not None else [])
@@ -285,7 +291,7 @@ class BackwardSparseFFN:
                 activation=self.activation,
                 activation_grad=self._activation_grad,
                 channels=None if self.rule == "gradient" else self.select(h, engine.step),
-                residual=self._residual,
+                residual=self._residual_like(h),
             )
             if self.rule == "gradient":
                 plan.choose = self._gradient_channels

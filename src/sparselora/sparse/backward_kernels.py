@@ -152,7 +152,7 @@ def with_residual(plan: KeptPlan, grad: torch.Tensor, grad_h_kept: torch.Tensor,
     full width; ``dx = dz_k·W[k]`` exactly plus ``dz_s·W[s] ≈ (dz·bᵀ − dz_k·b[:, k]ᵀ)·aᵀ`` for up (and gate).
     """
     kept, dtype = plan.channels, grad.dtype
-    factors = {role: f.to(grad) for role, f in plan.residual.items()}
+    factors = {role: f.to(grad) for role, f in plan.residual.items()}  # converted in the forward already
     grad_h = (grad @ factors["down"].b.T) @ factors["down"].a.T
     grad_h.index_copy_(1, kept, grad_h_kept)
     if plan.gate_weight is None:  # h = act(z)

@@ -66,18 +66,11 @@ class RunInputs:
 
     def load_base_model(self) -> tuple[PreTrainedModel, list[str]]:
         """The base model as the run's method wants it loaded (QLoRA: 4-bit), in the run's precision."""
-        method = get_method(self.config.method)
-        dtype = DTYPES[self.precision]
-        extra = {"dtype": dtype} | (method.load_kwargs(self.config.method_options, dtype) if method.load_kwargs else {})
-        if self.config.problem_type == "regression":
-            extra["problem_type"] = "regression"  # one output, MSE loss (transformers' convention)
-        model, new_modules = load_model(
-            self.source, self.head, self.tokenizer, self.num_labels, self.label_names, **extra
+        model, new_modules = load_run_base(
+            self.config, self.source, self.head, self.tokenizer, self.label_names, DTYPES[self.precision]
         )
         if self.config.packing:  # with a cache the forward drops the per-example masks of packed rows
             model.config.use_cache = False
-        if method.prepare_base:
-            method.prepare_base(model)
         return model, new_modules
 
     def train_loader(self) -> DataLoader:
@@ -103,6 +96,30 @@ def check_max_length(config: RunConfig, model_config) -> None:
             f"config key 'max_length': {config.max_length} tokens, but model '{config.model}' has {positions} "
             f"positions; use max_length <= {positions}."
         )
+
+
+def head_outputs(config: RunConfig, head: Head, label_names: list[str]) -> int | None:
+    """A sequence-classification head's outputs: one under ``problem_type: regression``, else one per class."""
+    if head != "sequence_classification":
+        return None
+    return 1 if config.problem_type == "regression" else len(label_names)
+
+
+def load_run_base(
+    config: RunConfig, source: ModelSource, head: Head, tokenizer, label_names: list[str], dtype: torch.dtype
+) -> tuple[PreTrainedModel, list[str]]:
+    """The base model as the run's method wants it (QLoRA: 4-bit; regression: one output, MSE), in ``dtype``:
+    what training builds on and what ``export --merge`` merges into."""
+    method = get_method(config.method)
+    extra = {"dtype": dtype} | (method.load_kwargs(config.method_options, dtype) if method.load_kwargs else {})
+    if config.problem_type == "regression":
+        extra["problem_type"] = "regression"  # transformers' convention for num_labels 1
+    model, new_modules = load_model(
+        source, head, tokenizer, head_outputs(config, head, label_names), label_names, **extra
+    )
+    if method.prepare_base:
+        method.prepare_base(model)
+    return model, new_modules
 
 
 def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInputs:
@@ -151,7 +168,7 @@ def load_inputs(config: RunConfig, device: torch.device | None = None) -> RunInp
         arch=find_arch(model_config.model_type),
         kind=kind,
         evaluation_kind=evaluation_kind,
-        num_labels=(1 if regression else len(raw.label_names)) if kind == "classification" else None,
+        num_labels=head_outputs(config, head, raw.label_names),
         label_names=raw.label_names,
         data=data,
         device=device,
