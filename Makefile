@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 
-.PHONY: setup demo test test-fast lint format lock clean
+.PHONY: setup browser demo test test-fast lint format lock clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,14 @@ lock:
 demo: setup
 	$(BIN)/sparselora train configs/sst2_lora.yaml --overwrite
 
-test: setup
+# The HTML report's browser test drives Debian's chromium through Playwright; installed here when missing
+# (as root, from Debian's registry), otherwise that one test is skipped with the reason.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium not installed: the HTML report's browser test will be skipped"
+
+test: setup browser
 	$(BIN)/pytest -q
 
 test-fast: setup

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparselora.compare.plan import CompareConfig
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +28,21 @@ def tiny_run(model_dir: Path, output_dir: Path, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def tiny_comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=(), max_steps=3, **keys) -> CompareConfig:
+    """A comparison of tiny runs (LoRA and L1 LoRA by default) on SST-2."""
+    shared = tiny_run(model_dir, out, max_steps=max_steps)
+    for key in ("output_dir", "method", "task"):
+        shared.pop(key)
+    return CompareConfig(
+        name=keys.pop("name", "tiny"),
+        output_dir=out,
+        reference="lora",
+        seeds=list(seeds),
+        tasks=["sst2"],
+        shared=shared,
+        methods=methods or {"lora": {}, "lora_l1": {"l1_lambda": 1.0}},
+        targets=list(targets),
+        **keys,
+    )

@@ -58,7 +58,8 @@ def test_the_wheel_holds_every_subpackage_and_its_extras(wheel):
     assert source <= set(names), sorted(source - set(names))
     metadata = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
-    assert {"Provides-Extra: qlora", "Provides-Extra: gguf", "Provides-Extra: plots"} <= set(text.splitlines())
+    extras = {"qlora", "gguf", "plots", "sweeps"}
+    assert {f"Provides-Extra: {extra}" for extra in extras} <= set(text.splitlines())
     assert not any(name.startswith("tests/") for name in names)
 
 

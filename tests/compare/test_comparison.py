@@ -12,28 +12,11 @@ from sparselora.compare import runner
 from sparselora.compare.plan import CompareConfig, parse_only, plan_cells, with_flags
 from sparselora.config import ConfigError
 from sparselora.report.comparison import NotAResultsFolderError, build_report
-from tests.helpers import tiny_run
-
-
-def _comparison(model_dir, out, methods=None, seeds=(0, 1, 2), targets=(), max_steps=3, **keys) -> CompareConfig:
-    shared = tiny_run(model_dir, out, max_steps=max_steps)
-    for key in ("output_dir", "method", "task"):
-        shared.pop(key)
-    return CompareConfig(
-        name="tiny",
-        output_dir=out,
-        reference="lora",
-        seeds=list(seeds),
-        tasks=["sst2"],
-        shared=shared,
-        methods=methods or {"lora": {}, "lora_l1": {"l1_lambda": 1.0}},
-        targets=list(targets),
-        **keys,
-    )
+from tests.helpers import tiny_comparison
 
 
 def test_cells_and_only_filter(tmp_path):
-    config = _comparison("m", tmp_path)
+    config = tiny_comparison("m", tmp_path)
     assert len(plan_cells(config)) == 6
     only = plan_cells(config, parse_only("method=lora_l1,seed=2"))
     assert [c.run_name for c in only] == ["sst2__lora_l1__s2"]
@@ -44,7 +27,7 @@ def test_cells_and_only_filter(tmp_path):
 
 
 def test_command_line_flags_beat_the_config_and_reach_every_cell(tmp_path):
-    config = _comparison("m", tmp_path)
+    config = tiny_comparison("m", tmp_path)
     config.shared["data_dir"] = "/from/config"
     config = with_flags(config, ["lora_r=16"], tmp_path / "elsewhere", "3,4", tmp_path / "flag-data")
     cells = plan_cells(config)
@@ -59,7 +42,7 @@ def test_reference_must_be_a_method(tmp_path):
 
 
 def test_interrupted_comparison_finishes_only_the_missing_cells(tiny_bert_dir, data_env, tmp_path, monkeypatch):
-    config = _comparison(tiny_bert_dir, tmp_path, seeds=(0, 1))
+    config = tiny_comparison(tiny_bert_dir, tmp_path, seeds=(0, 1))
     real_run_cell = runner.run_cell
     trained = []
 
@@ -90,7 +73,7 @@ def test_failed_cells_are_recorded_and_the_rest_run(tiny_bert_dir, data_env, tmp
         "typo": {"method": "lora", "lora_rank": 4},  # bad key
         "diverges": {"method": "full", "learning_rate": 1.0e30, "logging_steps": 1},  # NaN loss
     }
-    config = _comparison(tiny_bert_dir, tmp_path, methods=methods, seeds=(0,))
+    config = tiny_comparison(tiny_bert_dir, tmp_path, methods=methods, seeds=(0,))
     status = runner.run_comparison(config, progress=False)
     assert [c.label for c in status.finished] == ["lora"]
     assert sorted(c.label for c in status.failed) == ["diverges", "typo"]
@@ -106,7 +89,7 @@ def test_failed_cells_are_recorded_and_the_rest_run(tiny_bert_dir, data_env, tmp
 
 def test_report_tables_statistics_plots_and_validation(tiny_bert_dir, data_env, tmp_path):
     targets = [{"metric": "accuracy", "min_ratio": 0.5}, {"metric": "trainable_params", "max_ratio": 0.5}]
-    config = _comparison(tiny_bert_dir, tmp_path, targets=targets)
+    config = tiny_comparison(tiny_bert_dir, tmp_path, targets=targets)
     runner.run_comparison(config, progress=False)
     written = build_report(tmp_path)
     results = tmp_path / "sst2"
@@ -127,7 +110,7 @@ def test_report_tables_statistics_plots_and_validation(tiny_bert_dir, data_env, 
 
 
 def test_cli_compare_then_report(tiny_bert_dir, data_env, tmp_path):
-    config = _comparison(tiny_bert_dir, tmp_path / "out", methods={"lora": {}}, seeds=(0,))
+    config = tiny_comparison(tiny_bert_dir, tmp_path / "out", methods={"lora": {}}, seeds=(0,))
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     result = CliRunner().invoke(app, ["compare", str(path)])
@@ -139,8 +122,8 @@ def test_cli_compare_then_report(tiny_bert_dir, data_env, tmp_path):
     assert report.exit_code == 0 and "validation.md" in report.output
 
 
-def test_changed_settings_are_not_mixed_into_a_resumed_comparison(tiny_bert_dir, data_env, tmp_path):
-    config = _comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
+def test_changed_settings_are_not_mixed_into_a_resumedtiny_comparison(tiny_bert_dir, data_env, tmp_path):
+    config = tiny_comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
     runner.run_comparison(config, progress=False)
     changed = config.model_copy(update={"methods": {"lora": {"learning_rate": 0.01}}})
     with pytest.raises(runner.StaleCellError, match=r"learning_rate 0\.001 → 0\.01"):
@@ -149,7 +132,7 @@ def test_changed_settings_are_not_mixed_into_a_resumed_comparison(tiny_bert_dir,
 
 
 def test_a_key_made_invalid_after_a_cell_finished_is_refused(tiny_bert_dir, data_env, tmp_path):
-    config = _comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
+    config = tiny_comparison(tiny_bert_dir, tmp_path, methods={"lora": {}}, seeds=(0,))
     runner.run_comparison(config, progress=False)
     compare_yaml = (tmp_path / "compare.yaml").read_text()
     typo = config.model_copy(update={"methods": {"lora": {"lora_rank": 4}}})
@@ -158,6 +141,6 @@ def test_a_key_made_invalid_after_a_cell_finished_is_refused(tiny_bert_dir, data
     assert (tmp_path / "compare.yaml").read_text() == compare_yaml  # a refused run changes nothing
 
 
-def test_report_on_a_folder_without_a_comparison(tmp_path):
+def test_report_on_a_folder_without_atiny_comparison(tmp_path):
     with pytest.raises(NotAResultsFolderError, match=r"compare\.yaml"):
         build_report(tmp_path)

@@ -25,15 +25,28 @@ def compare(
     retime: Annotated[
         bool, typer.Option("--retime", help="Measure the interleaved step times again (config key `timing`).")
     ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="Where cells train: local (one after another), slurm (submitit) or ray (config key)."),
+    ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Print each unfinished cell's train command instead of running it.")
+    ] = False,
 ) -> None:
-    """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots, validation.md."""
+    """Run methods × tasks × seeds (finished cells are skipped), then write tables, plots and report.html."""
     from sparselora.compare import load_compare_config, run_comparison
     from sparselora.compare.plan import parse_only, with_flags
+    from sparselora.compare.runner import cell_commands
     from sparselora.compare.timing import time_comparison
     from sparselora.config import ConfigError
     from sparselora.report.comparison import build_report
 
-    comparison = with_flags(load_compare_config(config), overrides, output_dir, seeds, data_dir)
+    comparison = with_flags(load_compare_config(config), overrides, output_dir, seeds, data_dir, executor)
+    if plan:
+        for command in cell_commands(comparison, parse_only(only)):
+            typer.echo(command)
+        typer.echo(f"# then: sparselora report {comparison.output_dir}", err=True)
+        return
     if retime and comparison.timing is None:
         raise ConfigError(f"--retime: '{config}' has no `timing:` key; add e.g. `timing: {{rounds: 20, warmup: 3}}`")
     status = run_comparison(comparison, parse_only(only))
@@ -47,6 +60,7 @@ def compare(
     options = [f"--set {pair}" for pair in overrides or []]
     options += [f"--output-dir {output_dir}"] if output_dir else []
     options += [f"--seeds {seeds}"] if seeds else []
+    options += [f"--executor {executor}"] if executor else []
     command = " ".join(["sparselora compare", str(config), *options])
     written = build_report(Path(comparison.output_dir), command=command)
     console.print(f"tables, plots and validation.md in {comparison.output_dir} ({len(written)} files)")
@@ -57,10 +71,13 @@ def compare(
 @app.command()
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A comparison's results folder (holds compare.yaml).")],
+    html: Annotated[
+        bool, typer.Option("--html/--no-html", help="Also write report.html (interactive, self-contained).")
+    ] = True,
 ) -> None:
-    """Rebuild tables, plots and validation.md from finished runs, without training."""
+    """Rebuild tables, plots, validation.md and report.html from finished runs, without training."""
     from sparselora.report.comparison import build_report
 
-    written = build_report(results_dir, command=f"sparselora report {results_dir}")
+    written = build_report(results_dir, command=f"sparselora report {results_dir}", html=html)
     for path in written:
         console.print(str(path))

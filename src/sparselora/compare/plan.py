@@ -14,6 +14,8 @@ methods:                        # label → run keys; `method` defaults to the l
 targets:                        # checked in validation.md, as ratios method / reference
   - {metric: accuracy, min_ratio: 0.95}
 timing: {rounds: 20, warmup: 3} # optional: every method's step time measured side by side after training
+executor: local                 # local | slurm (submitit) | ray: where the cells train (compare/executors.py)
+executor_options: {}            # submitit parameters or Ray task options
 ```
 
 A cell's run keys are ``shared`` < ``task_overrides[task]`` < ``methods[label]`` < task and seed.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -61,6 +63,9 @@ class TimingConfig(BaseModel):
     seed: int | None = Field(None, description="Which seed's cell configs to build (default: the first seed).")
 
 
+ExecutorName = Literal["local", "slurm", "ray"]
+
+
 class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +79,12 @@ class CompareConfig(BaseModel):
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
     timing: TimingConfig | None = Field(None, description="Interleaved step timing of the methods after training.")
+    executor: ExecutorName = Field("local", description="Where cells train: here one after another, SLURM, Ray.")
+    executor_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="submitit parameters for slurm (slurm_partition, timeout_min, cpus_per_task, ...); "
+        "Ray task options for ray (num_cpus, memory, ...).",
+    )
 
     @field_validator("methods", "tasks")
     @classmethod
@@ -172,6 +183,7 @@ def with_flags(
     output_dir: Path | None = None,
     seeds: str | None = None,
     data_dir: Path | None = None,
+    executor: str | None = None,
 ) -> CompareConfig:
     """The comparison as the command line changes it: ``--set`` keys for every cell, the results folder, the
     seeds, and ``--data-dir``, which (as in ``train``) beats a ``data_dir`` the config names."""
@@ -182,6 +194,11 @@ def with_flags(
         config.output_dir = output_dir
     if seeds:
         config.seeds = parse_seeds(seeds)
+    if executor is not None:
+        allowed = get_args(ExecutorName)
+        if executor not in allowed:
+            raise ConfigError(f"--executor must be one of {', '.join(allowed)}; got '{executor}'")
+        config.executor = executor
     return config
 
 

@@ -1,4 +1,5 @@
-"""Run a comparison's cells one after another, resuming where an earlier invocation stopped.
+"""Run a comparison's cells (here, or as SLURM / Ray jobs: compare.executors), resuming where an earlier
+invocation stopped.
 
 A cell is finished when its run folder holds metrics.json (run folders are published atomically,
 so a killed cell leaves nothing that looks finished; its training resumes from its last checkpoint).
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from tqdm.auto import tqdm
 
 from sparselora.compare.plan import Cell, CompareConfig, plan_cells, runs_dir
 from sparselora.config import ConfigError, config_changes
@@ -33,6 +35,9 @@ FAILED_DIR = "failed"
 CELLS_DIR = "cells"  # each cell's resolved run config
 LOGS_DIR = "logs"  # each cell's training output
 COMPARE_FILE = "compare.yaml"
+
+
+Outcome = Literal["finished", "failed", "claimed"]
 
 
 @dataclass
@@ -103,10 +108,8 @@ def run_cell(config: CompareConfig, cell: Cell) -> None:
     """
     if is_locked(lock_path(runs_dir(config) / cell.run_name)):
         raise CellClaimedError(cell.run_name)
-    results_dir = Path(config.output_dir)
-    cell_config = results_dir / CELLS_DIR / f"{cell.run_name}.yaml"
-    log = results_dir / LOGS_DIR / f"{cell.run_name}.log"
-    atomic_write_text(cell_config, yaml.safe_dump(cell.run_keys(config), sort_keys=False))
+    cell_config = write_cell_config(config, cell)
+    log = Path(config.output_dir) / LOGS_DIR / f"{cell.run_name}.log"
     # this attempt's own log: a second comparison racing for the cell must not truncate it
     attempt_log = log.with_name(f".{log.stem}.{os.getpid()}.log")
     attempt_log.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +124,12 @@ def run_cell(config: CompareConfig, cell: Cell) -> None:
         raise CellFailedError(_error_line(log))
 
 
+def write_cell_config(config: CompareConfig, cell: Cell) -> Path:
+    path = Path(config.output_dir) / CELLS_DIR / f"{cell.run_name}.yaml"
+    atomic_write_text(path, yaml.safe_dump(cell.run_keys(config), sort_keys=False))
+    return path
+
+
 def _error_line(log: Path) -> str:
     """The CLI's ``error: ...`` line, else the end of a traceback."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -128,34 +137,53 @@ def _error_line(log: Path) -> str:
     return errors[-1] if errors else (lines[-1] if lines else f"exited with an error; see {log}")
 
 
-def run_comparison(
-    config: CompareConfig, only: dict[str, str] | None = None, progress: bool = True
-) -> ComparisonStatus:
+def attempt_cell(config: CompareConfig, cell: Cell) -> Outcome:
+    """Train one cell and record how it ended: the unit of work every executor runs, wherever it runs."""
+    failure = failure_path(Path(config.output_dir), cell)
+    try:
+        run_cell(config, cell)
+    except CellClaimedError:
+        return "claimed"
+    except Exception as err:  # one bad cell must not stop the comparison
+        logger.error("cell %s failed: %s", cell.run_name, err)
+        error = str(err) if isinstance(err, CellFailedError) else f"{type(err).__name__}: {err}"
+        record_failure(config, cell, error, traceback.format_exc())
+        return "failed"
+    failure.unlink(missing_ok=True)  # an earlier failure of this cell is superseded
+    return "finished"
+
+
+def record_failure(config: CompareConfig, cell: Cell, error: str, details: str = "") -> None:
+    payload = {"cell": cell.run_name, "label": cell.label, "task": cell.task, "seed": cell.seed}
+    atomic_write_json(failure_path(Path(config.output_dir), cell), payload | {"error": error, "traceback": details})
+
+
+def prepare_comparison(config: CompareConfig, only: dict[str, str] | None = None) -> list[Cell]:
+    """The selected cells, once the results folder is writable, no finished cell is stale and compare.yaml is
+    written (what ``report`` reads)."""
     results_dir = check_writable_folder(Path(config.output_dir), "output_dir")
     cells = plan_cells(config, only)
     check_not_stale(config, cells)  # before compare.yaml is rewritten: a refused run changes nothing
     atomic_write_text(results_dir / COMPARE_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    status = ComparisonStatus()
-    bar = tqdm(cells, desc=config.name, unit="cell", disable=not progress)
-    for cell in bar:
-        bar.set_postfix_str(cell.run_name)
-        if cell_finished(config, cell):
-            status.skipped.append(cell)
-            continue
-        failure = failure_path(results_dir, cell)
-        try:
-            run_cell(config, cell)
-        except CellClaimedError:
-            status.claimed.append(cell)
-            continue
-        except Exception as err:  # one bad cell must not stop the comparison
-            logger.error("cell %s failed: %s", cell.run_name, err)
-            payload = {"cell": cell.run_name, "label": cell.label, "task": cell.task, "seed": cell.seed}
-            error = str(err) if isinstance(err, CellFailedError) else f"{type(err).__name__}: {err}"
-            payload |= {"error": error, "traceback": traceback.format_exc()}
-            atomic_write_json(failure, payload)
-            status.failed.append(cell)
-            continue
-        failure.unlink(missing_ok=True)  # an earlier failure of this cell is superseded
-        status.finished.append(cell)
+    return cells
+
+
+def run_comparison(
+    config: CompareConfig, only: dict[str, str] | None = None, progress: bool = True
+) -> ComparisonStatus:
+    """Train every selected cell that is not finished, on the config's executor."""
+    from sparselora.compare.executors import EXECUTORS
+
+    cells = prepare_comparison(config, only)
+    status = ComparisonStatus(skipped=[cell for cell in cells if cell_finished(config, cell)])
+    pending = [cell for cell in cells if not cell_finished(config, cell)]
+    outcomes = EXECUTORS[config.executor](config, pending, progress) if pending else []
+    for cell, outcome in zip(pending, outcomes, strict=True):
+        getattr(status, outcome).append(cell)
     return status
+
+
+def cell_commands(config: CompareConfig, only: dict[str, str] | None = None) -> list[str]:
+    """One ``sparselora train`` command per unfinished cell, its config written: for any scheduler."""
+    cells = [cell for cell in prepare_comparison(config, only) if not cell_finished(config, cell)]
+    return [shlex.join(["sparselora", "train", str(write_cell_config(config, cell).resolve())]) for cell in cells]

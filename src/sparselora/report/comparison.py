@@ -15,7 +15,7 @@ from sparselora.files.atomic import atomic_write_text
 from sparselora.files.locks import exclusive_lock
 from sparselora.report.plots import plot_loss_curves, plot_peak_memory, plot_quality_vs_time
 from sparselora.report.results import COLUMNS, collect, primary_metric, write_task_results
-from sparselora.report.validation import validation_markdown
+from sparselora.report.validation import checks, validation_markdown
 from sparselora.run_folder.layout import read_train_log
 
 REPORT_LOCK = ".report.lock"
@@ -55,20 +55,21 @@ def loss_curves(
     return curves
 
 
-def build_report(results_dir: Path, command: str | None = None) -> list[Path]:
-    """Write <task>/results.{md,csv,json}, <task>/plots/*.{png,svg} and validation.md. Returns the files.
+def build_report(results_dir: Path, command: str | None = None, html: bool = True) -> list[Path]:
+    """Write <task>/results.{md,csv,json}, <task>/plots/*.{png,svg}, validation.md and (``html``) report.html.
 
     Two comparisons sharing a results folder take turns here; every file is replaced atomically.
     """
     config = load_results_config(results_dir)
     with exclusive_lock(Path(results_dir) / REPORT_LOCK, f"the report of '{results_dir}'", wait=True):
-        return _write_report(results_dir, config, command)
+        return _write_report(results_dir, config, command, html)
 
 
-def _write_report(results_dir: Path, config: CompareConfig, command: str | None) -> list[Path]:
+def _write_report(results_dir: Path, config: CompareConfig, command: str | None, html: bool) -> list[Path]:
     frame = collect(results_dir)
     written: list[Path] = []
     validation = [f"# Validation: {config.name}", "", _provenance(command), ""]
+    page_parts: dict[str, dict] = {}
     for task in config.tasks:
         task_frame = frame[frame["task"] == task] if not frame.empty else frame
         if task_frame.empty:
@@ -95,9 +96,21 @@ def _write_report(results_dir: Path, config: CompareConfig, command: str | None)
             curves = loss_curves(results_dir, task, list(config.methods))
             eval_curves = loss_curves(results_dir, task, list(config.methods), key="eval_loss")
             written += plot_loss_curves(curves, f"{task}: loss", plots / "loss_curves", eval_curves)
+            page_parts[task] = {
+                "summary": summary,
+                "metric": metric,
+                "higher": higher,
+                "curves": curves,
+                "checks": checks(summary, config),
+            }
         validation.append(validation_markdown(task, summary, config))
     atomic_write_text(results_dir / "validation.md", "\n".join(validation))
-    return [*written, results_dir / "validation.md"]
+    written.append(results_dir / "validation.md")
+    if html:
+        from sparselora.report.html import write_html_report
+
+        written.append(write_html_report(results_dir, config, frame, page_parts, _provenance(command)))
+    return written
 
 
 def _provenance(command: str | None) -> str:
