@@ -25,7 +25,7 @@ from sparselora.config import load_config
 from sparselora.methods import get_method
 from sparselora.methods.sparselora import lora_counterpart, sparse_config_of
 from sparselora.report.markdown import table
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.training.inputs import load_inputs
 
 

@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import set_seed
 
-from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora, engine_of
+from sparselora.sparse.apply import apply_sparselora
+from sparselora.sparse.engine import SparseLoRAEngine, engine_of
 from sparselora.sparse.settings import SparseLoRAConfig
 
 # LLaMA 3.x shapes (Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B); "tiny" is for tests.

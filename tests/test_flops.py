@@ -16,7 +16,7 @@ from transformers import (
 
 from sparselora.flops import FlopsSetup, ModelShape, count_flops, dense_counterpart
 from sparselora.models import get_arch
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 
 BATCH, SEQ = 4, 32

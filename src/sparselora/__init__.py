@@ -40,7 +40,7 @@ _EXPORTS = {
     "evaluate_run": "sparselora.evaluation.rerun",
     "read_run": "sparselora.run_folder.layout",
     # SparseLoRA in your own Trainer or loop
-    "apply_sparselora": "sparselora.sparse.engine",
+    "apply_sparselora": "sparselora.sparse.apply",
     "SparseLoRAConfig": "sparselora.sparse.settings",
     "SparseLoRAEngine": "sparselora.sparse.engine",
     # methods: the registry and what a method file declares
@@ -102,7 +102,8 @@ if TYPE_CHECKING:
     )
     from sparselora.models import ArchSpec, register_architecture, resolve_model
     from sparselora.run_folder.layout import read_run
-    from sparselora.sparse.engine import SparseLoRAEngine, apply_sparselora
+    from sparselora.sparse.apply import apply_sparselora
+    from sparselora.sparse.engine import SparseLoRAEngine
     from sparselora.sparse.settings import SparseLoRAConfig
     from sparselora.training.inputs import load_inputs
     from sparselora.training.loop import train

@@ -23,7 +23,7 @@ from sparselora.models import (
     register_architecture,
     target_module_names,
 )
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 
 TINY = {

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sparselora.models import get_arch, iter_projections
 from sparselora.models.architectures import supported_model_types
-from sparselora.sparse.engine import FFN_REFUSED, apply_sparselora
+from sparselora.sparse.apply import FFN_REFUSED, apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 from sparselora.sparse.svd import base_weight
 from tests.sparse.models import TARGETS, _batch, _loss_and_grads, _peft_model

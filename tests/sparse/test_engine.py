@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 from tests.sparse.models import TARGETS, _batch, _fresh_config, _loss_and_grads, _peft_model
 

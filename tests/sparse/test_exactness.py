@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sparselora.models import get_arch
 from sparselora.models.architectures import supported_model_types
-from sparselora.sparse.engine import FFN_REFUSED, UnsupportedModelError, apply_sparselora
+from sparselora.sparse.apply import FFN_REFUSED, UnsupportedModelError, apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 
 SIZES = {  # each family's own names for the sizes of a 2-layer, 32-wide model

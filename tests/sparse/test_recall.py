@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 from tests.sparse.models import _batch, _peft_model
 

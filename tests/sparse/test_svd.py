@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 from sparselora.sparse.svd import SVDCacheError, low_rank
 from tests.sparse.models import _peft_model

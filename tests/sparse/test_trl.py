@@ -6,7 +6,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 
 trl = pytest.importorskip("trl")

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sparselora.config import ConfigError, build_config
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig
 from sparselora.training.loop import train
 from sparselora.training.precision import parse_device, resolve_precision
@@ -145,24 +145,6 @@ def test_a_run_with_gradient_checkpointing_and_eval_steps(tiny_llama_dir, data_e
         f"Optimiser: `{metrics['train']['optim']}`, precision fp32, gradient checkpointing"
         in (run / "README.md").read_text()
     )
-
-
-def test_training_args_pass_through_and_refuse_what_sparselora_sets(tiny_bert_dir, tmp_path):
-    from sparselora.training.loop import training_arguments
-
-    config = build_config(tiny_run(tiny_bert_dir, tmp_path, training_args={"optim": "adafactor", "tf32": None}))
-    assert training_arguments(config, str(tmp_path / "ckpt"), distributed=False).optim == "adafactor"
-    with pytest.raises(ConfigError, match=r"'optimizer' is not a field .* did you mean 'optim'"):
-        build_config({"training_args": {"optimizer": "adamw_torch"}})
-    with pytest.raises(ConfigError, match="'per_device_train_batch_size' is the run key `batch_size`"):
-        build_config({"training_args": {"per_device_train_batch_size": 8}})
-    with pytest.raises(ConfigError, match="'bf16' is set by sparselora: set `precision: bf16`"):
-        build_config({"training_args": {"bf16": True}})
-    with pytest.raises(ConfigError, match="write it under `training_args:`"):
-        build_config({"optim": "adafactor"})
-    with pytest.raises(ConfigError, match="transformers refused them"):
-        bad = build_config(tiny_run(tiny_bert_dir, tmp_path, training_args={"optim": "no-such-optimizer"}))
-        training_arguments(bad, str(tmp_path / "ckpt"), distributed=False)
 
 
 def test_hf_names_of_run_keys_are_aliases():

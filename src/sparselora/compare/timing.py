@@ -34,9 +34,9 @@ from sparselora.compare.plan import Cell, CompareConfig, TimingConfig, plan_cell
 from sparselora.compare.runner import cell_finished, failure_path
 from sparselora.config import ConfigError, RunConfig
 from sparselora.files.atomic import atomic_write_json
+from sparselora.training.arguments import planned_steps, training_arguments
 from sparselora.training.environment import describe_environment
 from sparselora.training.inputs import load_inputs
-from sparselora.training.loop import planned_steps, training_arguments
 from sparselora.training.precision import autocast
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from sparselora.flops import uniform_lora
 from sparselora.methods.lora import LORA_CITATION, LoraOptions, lora_config
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
-from sparselora.sparse.engine import apply_sparselora
+from sparselora.sparse.apply import apply_sparselora
 from sparselora.sparse.settings import SparseLoRAConfig, layer_schedule
 
 if TYPE_CHECKING:
