@@ -8,11 +8,11 @@ import pandas as pd
 import yaml
 
 from sparselora.compare.plan import plan_cells
-from tests.compare.test_comparison import _comparison
+from tests.helpers import tiny_comparison
 
 
 def test_two_comparisons_on_one_folder_share_the_cells(tiny_bert_dir, data_env, tmp_path):
-    config = _comparison(tiny_bert_dir, tmp_path / "results", seeds=(0, 1))
+    config = tiny_comparison(tiny_bert_dir, tmp_path / "results", seeds=(0, 1))
     config_path = tmp_path / "compare.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "SPARSELORA_DATA_DIR": str(data_env)}

@@ -10,7 +10,7 @@ from sparselora.compare import runner, timing
 from sparselora.compare.plan import CompareConfig, TimingConfig
 from sparselora.config import ConfigError, build_config
 from sparselora.report.comparison import build_report
-from tests.compare.test_comparison import _comparison as tiny_comparison
+from tests.helpers import tiny_comparison
 
 METHODS = {
     "lora": {},
