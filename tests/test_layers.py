@@ -98,3 +98,33 @@ def test_no_module_imports_from_a_higher_layer(path):
 def test_every_package_and_module_has_a_layer():
     for path in MODULES:
         layer_of(_name(path))
+
+
+# Method names spelled outside methods/, sparse/ and study/ (the SVD study of LoRA and SparseLoRA), each
+# with its reason. "sparselora" is also the package's and the program's name.
+NAMED_METHODS = {
+    ("config", "lora"): "the default method",
+    ("compare.plan", "lora"): "the default reference of a comparison",
+    ("flops", "lora"): "the FLOPs term of the adapter branches",
+    ("run_folder.model_card", "lora"): "the Hub tag of a PEFT LoRA adapter",
+    ("run_folder.model_card", "sparselora"): "the library's Hub tag",
+    ("cli.core", "sparselora"): "the program name",
+    ("compare.runner", "sparselora"): "the program name in each cell's command",
+    ("models.loading", "sparselora"): "the cache folder's name",
+    ("training.environment", "sparselora"): "the package name whose version is recorded",
+}
+
+
+def test_no_module_outside_the_methods_names_a_method():
+    from sparselora.methods.registry import method_names
+
+    names = set(method_names())
+    named = []
+    for path in MODULES:
+        module = _name(path)
+        if module.split(".")[0] in ("methods", "sparse", "study"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names and (module, node.value) not in NAMED_METHODS:
+                named.append(f"{module} line {node.lineno}: {node.value!r}")
+    assert not named, "use the method's registration record (e.g. methods.sparselora.METHOD):\n" + "\n".join(named)

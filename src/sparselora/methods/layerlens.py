@@ -24,6 +24,7 @@ from sparselora.methods.lora import LORA_CITATION, LoraOptions, adapter_report, 
 from sparselora.methods.registry import BuildContext, MethodSetup, MethodSpec, register
 from sparselora.models import ArchSpec, iter_projections
 
+METHOD = "layerlens"
 SCORES_FILE = "layer_scores.json"
 
 
@@ -174,7 +175,7 @@ def write_lens_outputs(scores: LayerScores, ranks: dict[int, int], budget: int, 
 
 register(
     MethodSpec(
-        name="layerlens",
+        name=METHOD,
         summary="LayerLens: score layers on calibration batches, LoRA only on the best layers under a budget",
         options=LayerLensOptions,
         build=build_layerlens,

@@ -23,6 +23,8 @@ from sparselora.sparse.settings import SparseLoRAConfig, layer_schedule
 if TYPE_CHECKING:
     from sparselora.config import RunConfig
 
+METHOD = "sparselora"
+
 
 class SparseLoRAOptions(LoraOptions, SparseLoRAConfig):
     """LoRA keys plus the sparsity keys (svd_rank, ffn_sparsity, layer_sparsity, ...)."""
@@ -77,7 +79,7 @@ def sparselora_flops(config: dict[str, Any], layers: int, method_report: dict[st
 
 register(
     MethodSpec(
-        name="sparselora",
+        name=METHOD,
         summary="LoRA + SVD-estimated contextual sparsity of the frozen FFN and attention",
         options=SparseLoRAOptions,
         build=build_sparselora,

@@ -7,14 +7,14 @@ from typing import Any
 from transformers import set_seed
 
 from sparselora.config import build_config
-from sparselora.methods.layerlens import LensResult
+from sparselora.methods.layerlens import METHOD, LensResult
 from sparselora.methods.layerlens import lens as run_lens
 from sparselora.training.inputs import load_inputs
 
 
 def lens_of(model: str, task: str, keys: dict[str, Any] | None = None) -> LensResult:
     """The LayerLens scores of ``model`` on ``task`` (``keys``: any run config keys, e.g. trainable_budget)."""
-    config = build_config({"model": model, "task": task, **(keys or {}), "method": "layerlens"})
+    config = build_config({"model": model, "task": task, **(keys or {}), "method": METHOD})
     set_seed(config.seed)
     inputs = load_inputs(config)
     base, new_modules = inputs.load_base_model()

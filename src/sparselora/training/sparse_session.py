@@ -12,6 +12,7 @@ from torch import nn
 from transformers import set_seed
 
 from sparselora.config import RunConfig
+from sparselora.methods.sparselora import METHOD
 from sparselora.sparse.engine import SparseLoRAEngine, engine_of
 from sparselora.training.inputs import load_inputs
 
@@ -24,8 +25,8 @@ class SparseSession:
 
 
 def open_session(config: RunConfig, num_batches: int) -> SparseSession:
-    if config.method != "sparselora":
-        raise ValueError(f"config key 'method' must be 'sparselora' for this command, got '{config.method}'")
+    if config.method != METHOD:
+        raise ValueError(f"config key 'method' must be '{METHOD}' for this command, got '{config.method}'")
     if config.option("sparse_pass") != "forward":
         raise ValueError(
             "config key 'sparse_pass': recall and calibrate measure the forward mode's channel predictor; "
