@@ -48,14 +48,16 @@ def _gradients(model: torch.nn.Module, batch: dict, seed: int) -> dict[str, torc
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")  # BERT's encoder.layer.N, LLaMA's model.layers.N
 
 
-def _cosine(exact: list[torch.Tensor], approx: list[torch.Tensor]) -> float:
-    return float(torch.nn.functional.cosine_similarity(torch.cat(exact), torch.cat(approx), dim=0))
+def _cosine(exact: dict[str, torch.Tensor], approx: dict[str, torch.Tensor], names: list[str]) -> float:
+    """The cosine of the named gradients, flattened together."""
+    e, a = torch.cat([exact[n] for n in names]), torch.cat([approx[n] for n in names])
+    return float(torch.nn.functional.cosine_similarity(e, a, dim=0))
 
 
 def _fidelity(exact: dict[str, torch.Tensor], approx: dict[str, torch.Tensor]) -> dict:
     names = sorted(exact)
     e, a = torch.cat([exact[n] for n in names]), torch.cat([approx[n] for n in names])
-    per_module = torch.stack([torch.nn.functional.cosine_similarity(exact[n], approx[n], dim=0) for n in names])
+    per_module = [_cosine(exact, approx, [n]) for n in names]
     by_layer = defaultdict(list)
     for name in names:
         match = _LAYER.search(name)
@@ -63,12 +65,9 @@ def _fidelity(exact: dict[str, torch.Tensor], approx: dict[str, torch.Tensor]) -
     return {
         "cosine": float(torch.nn.functional.cosine_similarity(e, a, dim=0)),
         "relative_error": float((a - e).norm() / e.norm()),
-        "mean_lora_module_cosine": float(per_module.mean()),
-        "min_lora_module_cosine": float(per_module.min()),
-        "layer_cosine": {
-            layer: _cosine([exact[n] for n in group], [approx[n] for n in group])
-            for layer, group in sorted(by_layer.items())
-        },
+        "mean_lora_module_cosine": sum(per_module) / len(per_module),
+        "min_lora_module_cosine": min(per_module),
+        "layer_cosine": {layer: _cosine(exact, approx, group) for layer, group in sorted(by_layer.items())},
     }
 
 
@@ -144,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
+    points = [_parse_point(parser, point) for point in args.point]  # a malformed one stops before any work
 
     config = load_config(args.config, [*args.set, "progress=false"])
     set_seed(config.seed)
@@ -156,8 +156,7 @@ def main() -> None:
     exact = [_gradients(dense, batch, seed) for seed, batch in enumerate(batches)]
 
     results = []
-    for point in tqdm(args.point, desc="points", unit="point"):
-        rule, ffn, attn, *rank = _parse_point(parser, point)
+    for rule, ffn, attn, *rank in tqdm(points, desc="points", unit="point"):
         sparse = copy.deepcopy(dense)
         sparse_config = sparse_config_of(  # the config's other keys (estimator_tokens, layer_sparsity)
             config.method_options,
@@ -173,7 +172,7 @@ def main() -> None:
             _fidelity(e, _gradients(sparse, b, seed)) for seed, (e, b) in enumerate(zip(exact, batches, strict=True))
         ]
         mean = _mean(scores)
-        point = {"rule": rule, "ffn_sparsity": float(ffn), "attn_sparsity": float(attn)}
+        point = {"rule": rule, "ffn_sparsity": ffn, "attn_sparsity": attn}
         point |= {"estimator_tokens": sparse_config.estimator_tokens}
         point |= {"residual_rank": sparse_config.backward_residual_rank}
         point |= {"layer_sparsity": sparse_config.layer_sparsity}
